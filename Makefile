@@ -1,0 +1,40 @@
+# svi: every verb starts from a fresh machine. `make test` builds .venv, installs, and runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+ARGS ?=
+
+.PHONY: help install test test-fast demo train clean-outputs
+
+help:  ## list the verbs
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@# Leave an existing torch alone (a user's CUDA build); otherwise take the CPU build.
+	@$(PY) -c "import torch" 2>/dev/null && echo "torch present: $$($(PY) -c 'import torch; print(torch.__version__)') (left alone)" \
+	  || $(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv and install svi (+ CPU torch if none is present)
+
+test: install  ## run the whole CPU test suite (slow tests included)
+	$(PY) -m pytest -m "not gpu" $(ARGS)
+
+test-fast: install  ## the fast tests only
+	$(PY) -m pytest -m "not gpu and not slow" $(ARGS)
+
+demo: install  ## the main job on the built-in default (tiny CPU ERFT training)
+	$(VENV)/bin/svi-train experiment=svi_shot_tiny $(ARGS)
+
+train: install  ## svi-train with ARGS="experiment=... ..."
+	$(VENV)/bin/svi-train $(ARGS)
+
+clean-outputs:  ## delete Hydra run directories
+	rm -rf outputs/* multirun
+	touch outputs/.gitkeep
