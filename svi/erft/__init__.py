@@ -1,0 +1,17 @@
+"""The ERFT method in pure torch: injection, error recycling, and the replay memory."""
+
+from svi.erft.injection import Injection, InjectionConfig, draw_injection, gate_on_memory, inject, sample_errors
+from svi.erft.recycling import StepResult, bidirectional_errors, erft_step, recycle_target
+
+__all__ = [
+    "Injection",
+    "InjectionConfig",
+    "StepResult",
+    "bidirectional_errors",
+    "draw_injection",
+    "erft_step",
+    "gate_on_memory",
+    "inject",
+    "recycle_target",
+    "sample_errors",
+]

@@ -1,0 +1,129 @@
+"""Which errors to inject into a training sample, and drawing them from the replay memory.
+
+SPEC §3 steps 1-3. Each sample independently draws `inject_noi ~ Bern(p_noi)`,
+`inject_vid ~ Bern(p_vid)`, `inject_img ~ Bern(p_img)`, then `clean ~ Bern(p_clean)` switches all
+three off. An injection also needs its bank to hold something (each bank gated on itself: the
+official code gates the video-error injection on the noise bank, which we do not copy).
+
+Selective resampling: E_vid / E_noi come from the bucket of the current timestep's grid index; E_img
+comes from the video-error bank over all buckets (the next clip's reference carries the error of the
+whole previous trajectory), as a random window of `y_error_num` latent frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class InjectionConfig:
+    """Knobs of error injection (paper symbols in comments)."""
+
+    enabled: bool = True  # ERFT on; False = plain LoRA fine-tuning (nothing injected, no memory)
+    p_noi: float = 0.01  # p_noi: probability of adding a noise-side error E_noi to the noise
+    p_vid: float = 0.9  # p_vid: probability of adding a video-side error E_vid to the clean latent
+    p_img: float = 0.9  # p_img: probability of adding an image error E_img to the condition latent
+    p_clean: float = 0.2  # p_clean: probability of a fully clean sample (Shot 0.2, Film 0.5)
+    clean_buffer_update_prob: float = 0.1  # store errors of clean samples only this often
+    y_error_num: int = 3  # latent frames of the condition that receive E_img (1 = last-frame option)
+    error_modulate_factor: float = 0.0  # f: each error scaled by U(1-f, 1+f); 0 officially
+
+    def __post_init__(self) -> None:
+        for name in ("p_noi", "p_vid", "p_img", "p_clean", "clean_buffer_update_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"injection.{name} must be a probability in [0, 1], got {value}")
+        if self.y_error_num < 1:
+            raise ValueError(f"injection.y_error_num must be >= 1, got {self.y_error_num}")
+        if not 0.0 <= self.error_modulate_factor < 1.0:
+            raise ValueError(f"injection.error_modulate_factor must be in [0, 1), got {self.error_modulate_factor}")
+
+
+@dataclass
+class Injection:
+    """Per-sample injection decisions, each a bool tensor (B,)."""
+
+    vid: Tensor
+    noi: Tensor
+    img: Tensor
+
+    @property
+    def clean(self) -> Tensor:
+        """A sample is clean when no error was injected into it at all."""
+        return ~(self.vid | self.noi | self.img)
+
+
+def draw_injection(cfg: InjectionConfig, batch_size: int, generator: torch.Generator | None = None) -> Injection:
+    """Independent Bernoulli draws per sample, then the clean coin switches everything off."""
+    if not cfg.enabled:
+        off = torch.zeros(batch_size, dtype=torch.bool)
+        return Injection(vid=off, noi=off.clone(), img=off.clone())
+    u = torch.rand(4, batch_size, generator=generator)
+    noi, vid, img, clean = u[0] < cfg.p_noi, u[1] < cfg.p_vid, u[2] < cfg.p_img, u[3] < cfg.p_clean
+    return Injection(vid=vid & ~clean, noi=noi & ~clean, img=img & ~clean)
+
+
+def gate_on_memory(inj: Injection, memory, grid: Tensor) -> Injection:
+    """Drop injections whose bank has nothing to give (the bucket for E_vid/E_noi, any entry for E_img)."""
+    if memory is None:
+        off = torch.zeros_like(inj.vid)
+        return Injection(vid=off, noi=off.clone(), img=off.clone())
+    vid_ok = memory.vid.nonempty_mask[grid.cpu()]  # (B,)
+    noi_ok = memory.noi.nonempty_mask[grid.cpu()]
+    any_ok = torch.full_like(inj.img, len(memory.vid) > 0)
+    return Injection(vid=inj.vid & vid_ok, noi=inj.noi & noi_ok, img=inj.img & any_ok)
+
+
+def _modulate(e: Tensor, factor: float, generator: torch.Generator | None) -> Tensor:
+    if factor == 0.0:
+        return e
+    scale = 1.0 + factor * (2 * torch.rand((), generator=generator).item() - 1)
+    return e * scale
+
+
+def sample_errors(
+    memory,
+    grid: Tensor,
+    inj: Injection,
+    like: Tensor,
+    cfg: InjectionConfig,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Draw E_vid, E_noi (B, C, T, h, w) and E_img (B, C, y_error_num, h, w); zeros where not injected.
+
+    `like` is the clean latent batch (B, C, T, h, w): it fixes shape, dtype and device.
+    """
+    B, C, T, h, w = like.shape
+    n = cfg.y_error_num
+    if n > T:
+        raise ValueError(f"injection.y_error_num={n} exceeds the {T} latent frames of the clip")
+    e_vid = torch.zeros(B, C, T, h, w)
+    e_noi = torch.zeros(B, C, T, h, w)
+    e_img = torch.zeros(B, C, n, h, w)
+    for i in range(B):
+        bucket = int(grid[i])
+        if inj.vid[i]:
+            e_vid[i] = _modulate(memory.vid.sample(bucket, generator), cfg.error_modulate_factor, generator)
+        if inj.noi[i]:
+            e_noi[i] = _modulate(memory.noi.sample(bucket, generator), cfg.error_modulate_factor, generator)
+        if inj.img[i]:
+            e = memory.vid.sample_any(generator)  # (C, T_e, h, w), from any bucket
+            start = int(torch.randint(0, e.shape[1] - n + 1, (), generator=generator))
+            e_img[i] = _modulate(e[:, start : start + n], cfg.error_modulate_factor, generator)
+    e_vid, e_noi, e_img = (t.to(device=like.device, dtype=like.dtype) for t in (e_vid, e_noi, e_img))
+    return e_vid, e_noi, e_img
+
+
+def inject(x0: Tensor, noise: Tensor, y: Tensor, e_vid: Tensor, e_noi: Tensor, e_img: Tensor):
+    """X~_vid = X_vid + E_vid, X~_noi = eps + E_noi, and E_img added to the first latent frames of y.
+
+    y is the I2V condition (B, 4 + C, T, h, w) = [mask | condition latent]; E_img goes to the condition
+    latent channels only (model-input channels 20:36), first `e_img.shape[2]` latent frames.
+    """
+    n = e_img.shape[2]
+    y_tilde = y.clone()
+    y_tilde[:, 4:, :n] = y_tilde[:, 4:, :n] + e_img
+    return x0 + e_vid, noise + e_noi, y_tilde
