@@ -1,0 +1,267 @@
+"""Error replay memory: capacity, replacement policies, sampling distribution, checkpoint round trip."""
+import math
+
+import pytest
+import torch
+
+from svi.erft.memory import ErrorBank, ReplayMemory
+
+SHAPE = (2, 3, 4)  # a tiny stand-in for a (16, T, h, w) latent error
+
+
+def _const(v: float, shape=SHAPE) -> torch.Tensor:
+    return torch.full(shape, float(v))
+
+
+def _brute_nearest(stored: torch.Tensor, new: torch.Tensor) -> int:
+    """Reference nearest neighbour in float64."""
+    d = (stored.double().reshape(stored.shape[0], -1) - new.double().reshape(1, -1)).pow(2).sum(1)
+    return int(torch.argmin(d))
+
+
+# ---------------------------------------------------------------- construction / bookkeeping
+def test_invalid_config():
+    with pytest.raises(ValueError, match="l2.*random.*fifo"):
+        ErrorBank(replacement="nearest")
+    with pytest.raises(ValueError):
+        ErrorBank(capacity=0)
+    with pytest.raises(ValueError):
+        ErrorBank(num_buckets=0)
+
+
+def test_capacity_counts_and_lazy_allocation():
+    bank = ErrorBank(num_buckets=4, capacity=3, replacement="fifo")
+    assert bank.nbytes == 0 and len(bank) == 0 and bank.is_empty(0)
+    assert bank.entries(2).shape[0] == 0
+    for i in range(5):
+        assert bank.add(1, torch.randn(SHAPE))
+    bank.add(3, torch.randn(SHAPE))
+    assert bank.counts.tolist() == [0, 3, 0, 1]
+    assert len(bank) == 4 and bank.num_inserted == 6 and bank.num_replaced == 2
+    assert bank.nonempty_mask.tolist() == [False, True, False, True]
+    assert bank.fill_fraction == pytest.approx(4 / 12)
+    # only buckets 1 and 3 are allocated, each (capacity, *SHAPE) float32
+    assert bank.nbytes == 2 * 3 * math.prod(SHAPE) * 4
+    assert bank.entries(1).shape == (3, *SHAPE)
+
+
+def test_shape_mismatch_and_bucket_range():
+    bank = ErrorBank(num_buckets=2, capacity=2)
+    bank.add(0, torch.zeros(SHAPE))
+    with pytest.raises(ValueError, match=r"\(2, 3, 5\).*\(2, 3, 4\)"):
+        bank.add(1, torch.zeros(2, 3, 5))
+    with pytest.raises(IndexError):
+        bank.add(2, torch.zeros(SHAPE))
+    with pytest.raises(IndexError):
+        bank.add(-1, torch.zeros(SHAPE))
+    assert len(bank) == 1
+
+
+def test_nonfinite_refused():
+    bank = ErrorBank(num_buckets=2, capacity=2)
+    bank.add(0, _const(1.0))
+    before = bank.entries(0).clone()
+    bad = _const(2.0)
+    bad[0, 0, 0] = float("nan")
+    assert not bank.add(0, bad)
+    bad[0, 0, 0] = float("inf")
+    assert not bank.add(1, bad)
+    assert bank.num_nonfinite == 2 and bank.num_inserted == 1
+    assert bank.counts.tolist() == [1, 0] and bank.nbytes == 2 * math.prod(SHAPE) * 4
+    assert torch.equal(bank.entries(0), before)
+
+
+# ---------------------------------------------------------------- replacement policies
+def test_l2_replaces_exact_nearest():
+    bank = ErrorBank(num_buckets=1, capacity=4, replacement="l2")
+    for v in (0.0, 10.0, 20.0, 30.0):
+        bank.add(0, _const(v))
+    bank.add(0, _const(18.0))  # nearest is the 20.0 entry in slot 2
+    vals = bank.entries(0)[:, 0, 0, 0].tolist()
+    assert vals == [0.0, 10.0, 18.0, 30.0]
+    bank.add(0, _const(-3.0))  # nearest is slot 0
+    assert bank.entries(0)[:, 0, 0, 0].tolist() == [-3.0, 10.0, 18.0, 30.0]
+    assert bank.num_replaced == 2 and len(bank) == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_l2_matches_bruteforce_on_random_data(dtype, monkeypatch):
+    monkeypatch.setattr(ErrorBank, "chunk_size", 3)  # exercise the chunked path with a ragged tail
+    g = torch.Generator().manual_seed(0)
+    bank = ErrorBank(num_buckets=2, capacity=8, replacement="l2", dtype=dtype)
+    for _ in range(8):
+        bank.add(1, torch.randn(SHAPE, generator=g))
+    for _ in range(20):
+        new = torch.randn(SHAPE, generator=g) * 1.5
+        before = bank.entries(1).clone()
+        expect = _brute_nearest(before, new)
+        bank.add(1, new)
+        after = bank.entries(1)
+        changed = [i for i in range(8) if not torch.equal(after[i], before[i])]
+        assert changed == [expect]
+        assert torch.equal(after[expect], new.to(dtype))
+        assert after.dtype == dtype
+
+
+def test_fifo_replaces_oldest():
+    bank = ErrorBank(num_buckets=1, capacity=3, replacement="fifo")
+    for v in range(3):
+        bank.add(0, _const(v))
+    for v in range(3, 8):
+        bank.add(0, _const(v))
+    # slots hold the 3 most recent values in ring order: 6, 7, 5
+    assert bank.entries(0)[:, 0, 0, 0].tolist() == [6.0, 7.0, 5.0]
+
+
+def test_random_replacement_keeps_capacity_and_is_seeded():
+    def run(seed):
+        bank = ErrorBank(num_buckets=1, capacity=4, replacement="random")
+        g = torch.Generator().manual_seed(seed)
+        for v in range(4):
+            bank.add(0, _const(v))
+        for v in range(100, 110):
+            before = bank.entries(0).clone()
+            bank.add(0, _const(v), generator=g)
+            diff = (bank.entries(0) != before).reshape(4, -1).any(1)
+            assert diff.sum() == 1 and bank.counts.tolist() == [4]
+        return bank.entries(0).clone()
+
+    a, b = run(1), run(1)
+    assert torch.equal(a, b)
+    assert any(not torch.equal(a, run(s)) for s in range(2, 6))
+
+
+# ---------------------------------------------------------------- sampling
+def test_sample_returns_float32_copy_of_stored_entry():
+    bank = ErrorBank(num_buckets=3, capacity=5, dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        bank.add(2, torch.randn(SHAPE, generator=g))
+    stored = bank.entries(2).float()
+    for _ in range(10):
+        s = bank.sample(2, generator=g)
+        assert s.dtype == torch.float32 and s.shape == SHAPE
+        assert any(torch.equal(s, e) for e in stored)
+    snapshot = bank.entries(2).clone()
+    s.add_(100.0)
+    assert torch.equal(bank.entries(2), snapshot)
+    with pytest.raises(RuntimeError, match="empty"):
+        bank.sample(0)
+    with pytest.raises(RuntimeError, match="empty"):
+        ErrorBank(num_buckets=2, capacity=2).sample_any()
+
+
+def test_sample_copy_float32_storage():
+    bank = ErrorBank(num_buckets=1, capacity=1)
+    bank.add(0, _const(3.0))
+    s = bank.sample(0)
+    s.fill_(-1.0)
+    assert torch.equal(bank.entries(0)[0], _const(3.0))
+
+
+def test_sample_any_uniform_over_entries_not_buckets():
+    bank = ErrorBank(num_buckets=2, capacity=16, replacement="fifo")
+    bank.add(0, _const(-1.0))  # bucket 0: one entry, marked negative
+    for v in range(9):
+        bank.add(1, _const(v + 1))  # bucket 1: nine positive entries
+    g = torch.Generator().manual_seed(123)
+    n = 4000
+    from0 = sum(bank.sample_any(generator=g)[0, 0, 0].item() < 0 for _ in range(n))
+    p = 0.1
+    assert abs(from0 / n - p) < 4 * math.sqrt(p * (1 - p) / n)
+
+
+# ---------------------------------------------------------------- checkpointing
+@pytest.mark.parametrize("replacement", ["l2", "random", "fifo"])
+def test_state_dict_round_trip_continues_identically(replacement, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    bank = ErrorBank(num_buckets=3, capacity=4, replacement=replacement, dtype=torch.bfloat16)
+    for _ in range(9):
+        bank.add(int(torch.randint(0, 2, (1,), generator=g)), torch.randn(SHAPE, generator=g))
+    bad = torch.full(SHAPE, float("nan"))
+    bank.add(0, bad)
+
+    path = tmp_path / "bank.pt"
+    torch.save(bank.state_dict(), path)
+    clone = ErrorBank(num_buckets=3, capacity=4, replacement=replacement, dtype=torch.bfloat16)
+    clone.load_state_dict(torch.load(path, weights_only=True))
+    assert torch.equal(clone.counts, bank.counts) and clone.nbytes == bank.nbytes
+    assert (clone.num_inserted, clone.num_replaced, clone.num_nonfinite) == (
+        bank.num_inserted, bank.num_replaced, bank.num_nonfinite)
+
+    data = [(int(torch.randint(0, 3, (1,), generator=g)), torch.randn(SHAPE, generator=g)) for _ in range(15)]
+    ga, gb = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for b, e in data:
+        bank.add(b, e, generator=ga)
+        clone.add(b, e, generator=gb)
+    assert torch.equal(clone.counts, bank.counts)
+    for b in range(3):
+        assert torch.equal(clone.entries(b), bank.entries(b))
+    assert torch.equal(bank.sample_any(generator=ga), clone.sample_any(generator=gb))
+
+
+def test_state_dict_stores_only_filled_part():
+    bank = ErrorBank(num_buckets=4, capacity=100)
+    bank.add(0, torch.randn(SHAPE))
+    bank.add(3, torch.randn(SHAPE))
+    sd = bank.state_dict()
+    assert sd["entries"].shape == (2, *SHAPE)
+    assert all(isinstance(v, (torch.Tensor, int, float, str, bool)) for v in sd.values())
+
+
+def test_load_state_dict_rejects_mismatched_config():
+    sd = ErrorBank(num_buckets=3, capacity=4, replacement="l2").state_dict()
+    for kw in (dict(num_buckets=4, capacity=4, replacement="l2"),
+               dict(num_buckets=3, capacity=5, replacement="l2"),
+               dict(num_buckets=3, capacity=4, replacement="fifo")):
+        with pytest.raises(ValueError):
+            ErrorBank(**kw).load_state_dict(sd)
+
+
+def test_load_into_other_dtype_recomputes_norms():
+    src = ErrorBank(num_buckets=1, capacity=3, replacement="l2", dtype=torch.float32)
+    for v in (0.0, 10.0, 20.0):
+        src.add(0, _const(v))
+    dst = ErrorBank(num_buckets=1, capacity=3, replacement="l2", dtype=torch.bfloat16)
+    dst.load_state_dict(src.state_dict())
+    dst.add(0, _const(11.0))
+    assert dst.entries(0)[:, 0, 0, 0].tolist() == [0.0, 11.0, 20.0]
+
+
+# ---------------------------------------------------------------- two-bank memory
+def test_replay_memory_keep_mask():
+    mem = ReplayMemory(num_buckets=5, capacity=4)
+    assert mem.nbytes == 0
+    buckets = torch.tensor([0, 1, 1, 4])
+    e_vid = torch.stack([_const(i) for i in range(4)])  # (4, *SHAPE)
+    e_noi = -e_vid - 1.0
+    keep = torch.tensor([True, False, True, True])
+    assert mem.add(buckets, e_vid, e_noi, keep=keep) == 3
+    for bank in (mem.vid, mem.noi):
+        assert bank.counts.tolist() == [1, 1, 0, 0, 1]
+    assert torch.equal(mem.vid.entries(1)[0], _const(2.0))
+    assert torch.equal(mem.noi.entries(1)[0], _const(-3.0))
+    assert mem.nbytes == 2 * 3 * 4 * math.prod(SHAPE) * 4
+
+    # default keep = all; a pair with one non-finite side is skipped in both banks
+    bad_noi = e_noi.clone()
+    bad_noi[2, 0, 0, 0] = float("inf")
+    assert mem.add(buckets, e_vid, bad_noi) == 3
+    assert mem.vid.counts.tolist() == mem.noi.counts.tolist() == [2, 2, 0, 0, 2]
+    assert (mem.vid.num_nonfinite, mem.noi.num_nonfinite) == (0, 1)
+
+    clone = ReplayMemory(num_buckets=5, capacity=4)
+    clone.load_state_dict(mem.state_dict())
+    for b in range(5):
+        assert torch.equal(clone.vid.entries(b), mem.vid.entries(b))
+        assert torch.equal(clone.noi.entries(b), mem.noi.entries(b))
+
+
+def test_add_batch_counts_stored():
+    bank = ErrorBank(num_buckets=3, capacity=2)
+    errs = torch.randn(4, *SHAPE)
+    errs[1, 0, 0, 0] = float("nan")
+    assert bank.add_batch(torch.tensor([0, 0, 2, 2]), errs) == 3
+    assert bank.counts.tolist() == [1, 0, 2]
+    with pytest.raises(ValueError):
+        bank.add_batch(torch.tensor([0, 1]), errs)
