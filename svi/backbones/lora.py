@@ -1,0 +1,107 @@
+"""LoRA on the Wan transformer via peft, saved and loaded in the diffusers LoRA format.
+
+The official SVI targets are q,k,v,o,ffn.0,ffn.2 of every block in the original Wan naming, i.e.
+diffusers `to_q, to_k, to_v, to_out.0, ffn.net.0.proj, ffn.net.2` (self- and cross-attention; the
+CLIP `add_k_proj/add_v_proj` are not wrapped). Only the adapters (and condition adapters) train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SVI_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
+ADAPTER_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights(dir) looks for
+MODULES_FILE = "svi_modules.safetensors"  # trainable condition adapters (pose encoder, ...)
+
+
+@dataclass
+class LoraSpec:
+    """LoRA hyperparameters (paper: r = alpha = 128 on the SVI targets)."""
+
+    rank: int = 128  # r
+    alpha: int = 128  # lora_alpha; scale alpha / r = 1 as in the official release
+    targets: list[str] = field(default_factory=lambda: list(SVI_TARGETS))  # module-name suffixes to wrap
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+        if not self.targets:
+            raise ValueError("lora.targets is empty: name at least one module suffix (e.g. to_q)")
+
+
+def attach_lora(transformer: nn.Module, spec: LoraSpec, adapter_name: str = "default"):
+    """Freeze the base, inject LoRA, keep the adapter weights in fp32 (bf16 base, fp32 LoRA)."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                        target_modules=list(spec.targets), init_lora_weights=True)
+    transformer.requires_grad_(False)
+    transformer.add_adapter(config, adapter_name=adapter_name)  # also sets requires_grad on LoRA only
+    wrapped = [n for n, m in transformer.named_modules() if hasattr(m, "lora_A")]
+    if not wrapped:
+        raise ValueError(f"lora.targets {list(spec.targets)} matched no module of the transformer")
+    for p in transformer.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return config
+
+
+def lora_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter tensors with diffusers keys (`blocks.0.attn1.to_q.lora_A.weight`)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors write to a temp file then rename, so a kill never leaves a half-written adapter."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def save_adapter(directory: str | Path, transformer: nn.Module, spec: LoraSpec,
+                 modules: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `directory/pytorch_lora_weights.safetensors` (keys `transformer.*`, LoRA config in the header).
+
+    The file loads with `WanImageToVideoPipeline.load_lora_weights(directory)` and with `load_adapter`.
+    Trainable condition-adapter tensors, if any, go to `svi_modules.safetensors` beside it.
+    """
+    directory = Path(directory)
+    tensors = {f"transformer.{k}": v for k, v in lora_state_dict(transformer).items()}
+    config = {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(spec.targets),
+              "lora_dropout": spec.dropout}
+    # diffusers reads the adapter config from this header key when loading.
+    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps({f"transformer.{k}": v for k, v in config.items()})}
+    path = directory / ADAPTER_FILE
+    atomic_save_file(tensors, path, metadata)
+    if modules:
+        atomic_save_file({k: v.detach().cpu().contiguous() for k, v in modules.items()}, directory / MODULES_FILE)
+    return path
+
+
+def load_adapter(transformer: nn.Module, path: str | Path, adapter_name: str = "default") -> None:
+    """Load our adapter file (or a directory holding it) into an already-attached adapter."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / ADAPTER_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"adapter file {path} does not exist")
+    sd = {k.removeprefix("transformer."): v for k, v in load_file(str(path)).items()}
+    result = set_peft_model_state_dict(transformer, sd, adapter_name=adapter_name)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
+    if unexpected:
+        raise ValueError(f"{path} has LoRA tensors that match no adapted module, e.g. {unexpected[:3]}")

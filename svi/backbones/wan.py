@@ -1,0 +1,338 @@
+"""Wan 2.1 I2V components: built tiny from config, or loaded from a local diffusers-format directory.
+
+Both paths return the same `WanStack` (the real diffusers `WanTransformer3DModel` and
+`AutoencoderKLWan`, a T5-family text encoder, a CLIP vision encoder), so tests of the tiny stack
+exercise the code that runs on real weights. Nothing is ever fetched from a hub: loading uses
+`local_files_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+COMPONENTS = ("transformer", "vae", "text_encoder", "image_encoder")
+# What each component needs on disk (diffusers pipeline layout, e.g. Wan2.1-I2V-14B-480P-Diffusers).
+_REQUIRED_FILES = {
+    "transformer": ["transformer/config.json"],
+    "vae": ["vae/config.json"],
+    "text_encoder": ["text_encoder/config.json", "tokenizer"],
+    "image_encoder": ["image_encoder/config.json", "image_processor/preprocessor_config.json"],
+}
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(table)}")
+    return table[name]
+
+
+class WanStack(nn.Module):
+    """The frozen Wan I2V components plus the encode/decode helpers ERFT and sampling need.
+
+    Latents are normalised as `(mode - latents_mean) / latents_std` (SPEC §1); the VAE runs in fp32.
+    Components not loaded are None (e.g. training from a latent cache needs only the transformer).
+    """
+
+    def __init__(self, transformer, vae=None, text_encoder=None, tokenizer=None, image_encoder=None,
+                 image_size: int = 224, image_mean=_CLIP_MEAN, image_std=_CLIP_STD, text_len: int = 512):
+        super().__init__()
+        self.transformer = transformer
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.image_encoder = image_encoder
+        self.image_size = image_size
+        self.text_len = text_len
+        self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
+        for module in (vae, text_encoder, image_encoder, transformer):
+            if module is not None:
+                module.requires_grad_(False)
+
+    # -- shapes ---------------------------------------------------------------------------
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer.config.out_channels
+
+    @property
+    def uses_clip(self) -> bool:
+        """Wan 2.1 I2V attends to CLIP image tokens; Wan 2.2 I2V has no image path."""
+        return self.transformer.config.image_dim is not None
+
+    def require(self, name: str, why: str) -> nn.Module:
+        module = getattr(self, name)
+        if module is None:
+            raise ValueError(f"{why} needs the {name}, but the backbone was built without it; "
+                             f"add '{name}' to backbone.components")
+        return module
+
+    # -- VAE --------------------------------------------------------------------------------
+    def _latent_stats(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        cfg = self.vae.config
+        mean = torch.tensor(cfg.latents_mean, device=like.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        std = torch.tensor(cfg.latents_std, device=like.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        return mean, std
+
+    @torch.no_grad()
+    def encode_video(self, video: Tensor) -> Tensor:
+        """Pixels (B, 3, F, H, W) in [-1, 1], F = 1+4k -> normalised latents (B, 16, 1+(F-1)/4, H/8, W/8)."""
+        vae = self.require("vae", "encoding video")
+        if (video.shape[2] - 1) % 4:
+            raise ValueError(f"number of frames must be 1+4k (e.g. 17, 81), got {video.shape[2]}")
+        z = vae.encode(video.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode().float()
+        mean, std = self._latent_stats(z)
+        return (z - mean) / std
+
+    @torch.no_grad()
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Normalised latents -> pixels (B, 3, F, H, W) in [-1, 1] (the VAE clamps)."""
+        vae = self.require("vae", "decoding latents")
+        mean, std = self._latent_stats(latents)
+        z = latents.float() * std + mean
+        return vae.decode(z.to(vae.dtype), return_dict=False)[0].float()
+
+    # -- text -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> Tensor:
+        """Prompts -> (B, text_len, text_dim): encoder states of the real tokens, zero-padded (as diffusers)."""
+        encoder = self.require("text_encoder", "encoding prompts")
+        prompts = [re.sub(r"\s+", " ", p).strip() for p in prompts]
+        tok = self.tokenizer(prompts, padding="max_length", max_length=self.text_len, truncation=True,
+                             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        ids, mask = tok.input_ids.to(encoder.device), tok.attention_mask.to(encoder.device)
+        states = encoder(ids, attention_mask=mask).last_hidden_state
+        lengths = mask.gt(0).sum(dim=1)
+        out = torch.zeros_like(states)
+        for i, n in enumerate(lengths.tolist()):
+            out[i, :n] = states[i, :n]
+        return out
+
+    # -- CLIP image tokens ------------------------------------------------------------------
+    def preprocess_image(self, image: Tensor) -> Tensor:
+        """(B, 3, H, W) in [-1, 1] -> CLIP input: shortest side resized, centre-cropped, normalised."""
+        x = (image.float() + 1) / 2
+        h, w = x.shape[-2:]
+        scale = self.image_size / min(h, w)
+        size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+        x = x[..., top : top + self.image_size, left : left + self.image_size]
+        return (x - self.image_mean.to(x.device)) / self.image_std.to(x.device)
+
+    @torch.no_grad()
+    def encode_image(self, image: Tensor) -> Tensor | None:
+        """(B, 3, H, W) in [-1, 1] -> CLIP penultimate hidden states (B, 257, image_dim), or None (Wan 2.2)."""
+        if not self.uses_clip:
+            return None
+        encoder = self.require("image_encoder", "a CLIP-conditioned transformer")
+        pixels = self.preprocess_image(image).to(device=encoder.device, dtype=encoder.dtype)
+        return encoder(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+
+    # -- the denoiser ----------------------------------------------------------------------
+    def velocity(self, x_s: Tensor, y: Tensor, timestep: Tensor, text: Tensor, image: Tensor | None) -> Tensor:
+        """v̂ = DiT(cat[x_s (16), y (4 + 16)], t, text, clip) in the transformer's dtype."""
+        dit = self.transformer
+        dtype = dit.dtype
+        hidden = torch.cat([x_s, y], dim=1).to(dtype)
+        image = image.to(dtype) if image is not None else None
+        return dit(hidden_states=hidden, timestep=timestep, encoder_hidden_states=text.to(dtype),
+                   encoder_hidden_states_image=image, return_dict=False)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiny random-init stack (tests, the toy world)
+# ----------------------------------------------------------------------------------------------
+
+def byte_tokenizer(model_max_length: int = 512):
+    """An offline tokenizer for tiny text encoders: one token per UTF-8 byte, pad=0, eos=1, unk=2.
+
+    Built in code (no vocabulary download) and saved/loaded with the usual `save_pretrained`.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=model_max_length)
+
+
+def build_tiny_wan(
+    transformer: dict,
+    vae: dict | None = None,
+    text_encoder: dict | None = None,
+    image_encoder: dict | None = None,
+    components: Sequence[str] = COMPONENTS,
+    seed: int = 0,
+    text_len: int = 512,
+    dtype: str = "float32",
+    native: dict | None = None,
+    dims: dict | None = None,
+) -> WanStack:
+    """A random-init Wan 2.1 I2V stack from config dicts, identical for the same seed.
+
+    `native` (default clip geometry) is read by other config groups; `dims` is checked against the
+    built model so the data shapes and the model cannot disagree silently.
+    """
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    _check_components(components)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        dit = WanTransformer3DModel(**_plain(transformer))
+        if _dtype(dtype) != torch.float32:
+            dit = dit.to(_dtype(dtype))
+        v = AutoencoderKLWan(**_plain(vae)) if "vae" in components else None
+        tok = enc = None
+        if "text_encoder" in components:
+            tok = byte_tokenizer(text_len)
+            enc = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), pad_token_id=0, eos_token_id=1,
+                                              decoder_start_token_id=0, **_plain(text_encoder)))
+        clip = None
+        if "image_encoder" in components and dit.config.image_dim is not None:
+            clip = CLIPVisionModel(CLIPVisionConfig(**_plain(image_encoder)))
+    size = clip.config.image_size if clip is not None else 224
+    return _check_dims(WanStack(dit, v, enc, tok, clip, image_size=size, text_len=text_len).eval(), dims)
+
+
+def save_stack(stack: WanStack, path: str | Path) -> None:
+    """Write a stack in the diffusers pipeline layout (what `load_wan_dir` reads)."""
+    path = Path(path)
+    stack.transformer.save_pretrained(path / "transformer")
+    if stack.vae is not None:
+        stack.vae.save_pretrained(path / "vae")
+    if stack.text_encoder is not None:
+        stack.text_encoder.save_pretrained(path / "text_encoder")
+        stack.tokenizer.save_pretrained(path / "tokenizer")
+    if stack.image_encoder is not None:
+        stack.image_encoder.save_pretrained(path / "image_encoder")
+        (path / "image_processor").mkdir(parents=True, exist_ok=True)
+        processor = {"crop_size": {"height": stack.image_size, "width": stack.image_size},
+                     "size": {"shortest_edge": stack.image_size}, "do_center_crop": True, "do_normalize": True,
+                     "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255,
+                     "image_mean": stack.image_mean.flatten().tolist(), "image_std": stack.image_std.flatten().tolist(),
+                     "image_processor_type": "CLIPImageProcessor", "resample": 3}
+        (path / "image_processor" / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Real weights from a local directory
+# ----------------------------------------------------------------------------------------------
+
+def load_wan_dir(
+    path: str | None,
+    env_var: str = "SVI_WAN_DIR",
+    components: Sequence[str] = COMPONENTS,
+    dtype: str = "bfloat16",
+    text_len: int = 512,
+    native: dict | None = None,
+    dims: dict | None = None,
+) -> WanStack:
+    """Load a local diffusers-format Wan I2V directory (never a hub download).
+
+    `path` usually comes from the environment variable `env_var`; a missing or incomplete directory
+    fails here, before any training, naming the variable and the missing part.
+    """
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    _check_components(components)
+    if not path:
+        raise FileNotFoundError(
+            f"no Wan weights directory given: set the environment variable {env_var} to a local "
+            f"diffusers-format directory (e.g. Wan2.1-I2V-14B-480P-Diffusers) or pass backbone.path=DIR")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"Wan weights directory {root} (from {env_var} / backbone.path) does not exist")
+    missing = [f for c in components for f in _REQUIRED_FILES[c] if not (root / f).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"Wan weights directory {root} (from {env_var}) is incomplete: missing {', '.join(missing)}. "
+            f"Download the full diffusers-format model, or drop unneeded parts from backbone.components")
+    kw = dict(local_files_only=True)
+    dit = WanTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=_dtype(dtype), **kw)
+    vae = AutoencoderKLWan.from_pretrained(root / "vae", torch_dtype=torch.float32, **kw) \
+        if "vae" in components else None
+    tok = enc = None
+    if "text_encoder" in components:
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        tok = AutoTokenizer.from_pretrained(root / "tokenizer", **kw)
+        enc = UMT5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=_dtype(dtype), **kw)
+    clip, size, mean, std = None, 224, _CLIP_MEAN, _CLIP_STD
+    if "image_encoder" in components and dit.config.image_dim is not None:
+        from transformers import CLIPVisionModel
+
+        clip = CLIPVisionModel.from_pretrained(root / "image_encoder", torch_dtype=torch.float32, **kw)
+        proc = json.loads((root / "image_processor" / "preprocessor_config.json").read_text())
+        crop = proc.get("crop_size", size)
+        size = crop["height"] if isinstance(crop, dict) else int(crop)
+        mean, std = tuple(proc.get("image_mean", mean)), tuple(proc.get("image_std", std))
+    if dit.config.in_channels != 36:
+        raise ValueError(f"{root}/transformer has in_channels={dit.config.in_channels}; SVI needs an I2V "
+                         f"transformer with 36 input channels (16 noisy + 4 mask + 16 condition)")
+    stack = WanStack(dit, vae, enc, tok, clip, image_size=size, image_mean=mean, image_std=std, text_len=text_len)
+    return _check_dims(stack.eval(), dims)
+
+
+def load_wan_from_env(env_var: str, path: str | None = None, **kwargs) -> WanStack:
+    """`load_wan_dir` with the directory taken from `path` or else the environment variable."""
+    return load_wan_dir(path or os.environ.get(env_var), env_var=env_var, **kwargs)
+
+
+def _check_dims(stack: WanStack, dims: dict | None) -> WanStack:
+    """Compare the config's declared dims (used to shape data) with the model actually built."""
+    if not dims:
+        return stack
+    cfg = stack.transformer.config
+    actual = {"latent_channels": cfg.out_channels, "text_dim": cfg.text_dim, "image_dim": cfg.image_dim,
+              "text_len": stack.text_len}
+    wrong = {k: (dims[k], v) for k, v in actual.items() if k in dims and dims[k] != v}
+    if wrong:
+        detail = ", ".join(f"{k}: config {a} vs model {b}" for k, (a, b) in wrong.items())
+        raise ValueError(f"backbone.dims disagree with the loaded transformer ({detail}); fix backbone.dims")
+    return stack
+
+
+def _check_components(components: Sequence[str]) -> None:
+    unknown = set(components) - set(COMPONENTS)
+    if unknown or "transformer" not in components:
+        raise ValueError(f"backbone.components must include 'transformer' and only use {COMPONENTS}, "
+                         f"got {list(components)}")
+
+
+def _plain(cfg) -> dict:
+    """Hydra passes DictConfig/ListConfig; diffusers configs want plain python (tuples for sizes)."""
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(cfg):
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    cfg = dict(cfg)
+    if isinstance(cfg.get("patch_size"), list):  # the transformer indexes it as a tuple
+        cfg["patch_size"] = tuple(cfg["patch_size"])
+    return cfg

@@ -1,0 +1,36 @@
+"""AdapterExport: write the trained LoRA (and condition adapters) for generation.
+
+The Lightning checkpoint is for resuming; this file is for using the model: diffusers LoRA format
+(`pytorch_lora_weights.safetensors`, keys `transformer.*`), loadable with
+`WanImageToVideoPipeline.load_lora_weights(dir)` or `svi.backbones.lora.load_adapter`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from svi.backbones.lora import save_adapter
+
+
+class AdapterExport(L.Callback):
+    def __init__(self, dirpath: str, every_n_train_steps: int = 0):
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps  # 0: only at the end of training
+
+    @rank_zero_only
+    def _export(self, pl_module, directory: Path) -> Path:
+        modules = {f"adapters.{k}": v for k, v in pl_module.adapters.state_dict().items()}
+        return save_adapter(directory, pl_module.stack.transformer, pl_module.lora_spec, modules)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = self.every_n_train_steps
+        if n and trainer.global_step % n == 0 and trainer.global_step > 0:
+            self._export(pl_module, self.dirpath / f"step_{trainer.global_step:06d}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        path = self._export(pl_module, self.dirpath)
+        if path is not None:
+            rank_zero_info(f"[svi] adapter written to {path}")
