@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import hydra
@@ -20,6 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 import svi.config  # noqa: F401  (registers the typed schemas before composition)
 from svi.paths import CONF_DIR
 
+# The frozen encoders stay in eval mode on purpose (no dropout in the text encoder).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
 
 def _instantiate_dict(node: DictConfig | None) -> list:
     """A group holding several named `_target_` nodes (callbacks, loggers) -> list of objects."""
@@ -28,18 +32,23 @@ def _instantiate_dict(node: DictConfig | None) -> list:
     return [instantiate(v) for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit one run; returns the final callback metrics as floats."""
+def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
+    """Instantiate the module, the data and the trainer (with callbacks and loggers) of a run."""
     os.environ.setdefault("WANDB_MODE", "offline")  # W&B never phones home unless asked to
     L.seed_everything(cfg.seed, workers=True)
-    if cfg.ckpt_path and not Path(cfg.ckpt_path).exists():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist (resume needs a Lightning .ckpt)")
-
     model = instantiate(cfg.model)
     datamodule = instantiate(cfg.data)
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return model, datamodule, trainer
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit one run; returns the final callback metrics as floats."""
+    if cfg.ckpt_path and not Path(cfg.ckpt_path).exists():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist (resume needs a Lightning .ckpt)")
+    model, datamodule, trainer = build(cfg)
 
     n_train = sum(p.numel() for p in model.trainable_parameters())
     n_total = sum(p.numel() for p in model.parameters())
@@ -63,6 +72,9 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    missing = sorted(OmegaConf.missing_keys(cfg))  # `???` values, e.g. data.root of data=folders|cache
+    if missing:
+        raise SystemExit(f"svi-train: required setting(s) {', '.join(missing)} not given, e.g. data.root=DIR")
     return train(cfg).get("train/loss")
 
 

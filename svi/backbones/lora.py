@@ -43,10 +43,13 @@ def attach_lora(transformer: nn.Module, spec: LoraSpec, adapter_name: str = "def
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                         target_modules=list(spec.targets), init_lora_weights=True)
     transformer.requires_grad_(False)
-    transformer.add_adapter(config, adapter_name=adapter_name)  # also sets requires_grad on LoRA only
-    wrapped = [n for n, m in transformer.named_modules() if hasattr(m, "lora_A")]
-    if not wrapped:
-        raise ValueError(f"lora.targets {list(spec.targets)} matched no module of the transformer")
+    try:
+        transformer.add_adapter(config, adapter_name=adapter_name)  # also sets requires_grad on LoRA only
+    except ValueError as err:
+        if "not found" not in str(err):
+            raise
+        raise ValueError(f"lora.targets {list(spec.targets)} matched no module of the transformer "
+                         f"(diffusers names, e.g. to_q, to_out.0, ffn.net.0.proj)") from err
     for p in transformer.parameters():
         if p.requires_grad:
             p.data = p.data.float()

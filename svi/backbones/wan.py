@@ -63,6 +63,15 @@ class WanStack(nn.Module):
             if module is not None:
                 module.requires_grad_(False)
 
+    def train(self, mode: bool = True) -> "WanStack":
+        """Only the transformer follows train/eval; the frozen encoders always run in eval mode
+        (a T5 encoder in train mode would apply dropout to every prompt embedding)."""
+        super().train(mode)
+        for module in (self.vae, self.text_encoder, self.image_encoder):
+            if module is not None:
+                module.eval()
+        return self
+
     # -- shapes ---------------------------------------------------------------------------
     @property
     def latent_channels(self) -> int:

@@ -10,6 +10,7 @@ saved in the checkpoint, so a resumed run continues the same random stream.
 from __future__ import annotations
 
 import warnings
+from dataclasses import asdict
 from typing import Any, Callable
 
 import lightning as L
@@ -40,12 +41,15 @@ class ERFTModule(L.LightningModule):
                  num_grids: int = 50, optimizer: Callable | None = None, seed: int = 0,
                  gradient_checkpointing: bool = False):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "condition", "optimizer"])
         self.stack = backbone
         self.condition = condition
         self.lora_spec = as_dataclass(LoraSpec, lora)
         self.injection = as_dataclass(InjectionConfig, injection)
         self.flow = as_dataclass(FlowConfig, flow)
+        # Plain python values only: checkpoints are loaded with torch.load(weights_only=True).
+        self.save_hyperparameters({"lora": asdict(self.lora_spec), "injection": asdict(self.injection),
+                                   "flow": asdict(self.flow), "num_grids": num_grids, "seed": seed,
+                                   "condition": repr(condition), "gradient_checkpointing": gradient_checkpointing})
         self.optimizer_factory = optimizer
         self.seed = seed
 
