@@ -76,6 +76,16 @@ class I2VCondition:
         B, _, _, h, w = cond_latent.shape
         return torch.cat([self.mask(B, num_frames, h, w, device=cond_latent.device), cond_latent], dim=1)
 
+    def encode_clip(self, stack, video: Tensor, ref: Tensor, captions) -> dict:
+        """A raw training clip -> the latent batch the DiT step consumes (one place for train and cache).
+
+        video (B, 3, F, H, W), ref (B, 3, H, W) in [-1, 1] -> `latents` (B, 16, T, h, w), `y` (B, 20, T, h, w),
+        `text` (B, text_len, text_dim), `image` (B, 257, image_dim) or None. Motion frames = first K frames.
+        """
+        motion = video[:, :, : self.num_motion_frames]  # (B, 3, K, H, W)
+        return {"latents": stack.encode_video(video), "y": self.build_y(stack, motion, ref, video.shape[2]),
+                "text": stack.encode_text(list(captions)), "image": stack.encode_image(self.clip_image(motion))}
+
     def clip_image(self, motion: Tensor) -> Tensor:
         """CLIP sees the first motion frame (B, 3, H, W)."""
         return motion[:, :, 0]
