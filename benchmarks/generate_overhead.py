@@ -1,0 +1,112 @@
+"""Per-clip time of our SVI sampler vs a plain diffusers WanImageToVideoPipeline call, same tiny model.
+
+    python benchmarks/generate_overhead.py               # 10 steps, 17 frames x 64x64, cfg 5, 6 clips each
+    python benchmarks/generate_overhead.py --steps 20 --clips 8
+
+Both do the same work per clip: VAE-encode the condition (first frame + zeros, i.e. our K = 1,
+ref_pad_num = 0), CLIP-encode the image, `steps` Euler steps with two transformer calls each (CFG),
+decode. Prompt embeddings are computed once for both. Runs alternate (ours, theirs, ours, ...) so load
+drift on a shared machine hits both alike; the first clip of each is a warm-up and not counted.
+Also reported: the cost of writing a clip (mp4 segment + state + stream-copy concat of video.mp4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--clips", type=int, default=6)
+    args = ap.parse_args()
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+    from omegaconf import OmegaConf
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from svi.backbones import build_tiny_wan
+    from svi.conditions import I2VCondition
+    from svi.paths import CONF_DIR
+    from svi.sampling import GenerationRequest, OutputSession, SVIClipSampler, build_schedule
+    from svi.sampling.media import load_image
+    from svi.sampling.svi_clip import clip_noise
+
+    F, H, W = 17, 64, 64
+    cfg = OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/backbone/tiny.yaml"), resolve=True)
+    stack = build_tiny_wan(**{k: v for k, v in cfg.items() if k != "_target_"})
+    tmp = Path(tempfile.mkdtemp())
+    rng = np.random.default_rng(0)
+    pil = Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+    pil.save(tmp / "image.png")
+    (tmp / "p.txt").write_text("a red disc drifts to the right\n")
+    schedule = build_schedule(tmp / "p.txt", num_clips=1, cfg=5.0)
+    request = GenerationRequest(load_image(tmp / "image.png", H, W), schedule, num_frames=F, height=H, width=W)
+    sampler = SVIClipSampler(I2VCondition("k1", num_motion_frames=1, ref_pad_num=0), stack=stack,
+                             flow={"num_inference_steps": args.steps, "shift": 5.0}, progress=False)
+
+    class SVISigmas(FlowMatchEulerDiscreteScheduler):
+        def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+            super().set_timesteps(sigmas=np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist(), device=device)
+
+    processor = CLIPImageProcessor(size={"shortest_edge": stack.image_size},
+                                   crop_size={"height": stack.image_size, "width": stack.image_size},
+                                   image_mean=stack.image_mean.flatten().tolist(),
+                                   image_std=stack.image_std.flatten().tolist())
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=stack.vae, scheduler=SVISigmas(shift=5.0),
+                                   transformer=stack.transformer, image_encoder=stack.image_encoder,
+                                   image_processor=processor)
+    pipe.set_progress_bar_config(disable=True)
+    text = stack.encode_text([schedule[0].prompt])
+    negative = stack.encode_text([schedule[0].negative_prompt])
+    T = 1 + (F - 1) // 4
+
+    def ours() -> float:
+        t = time.perf_counter()
+        (chunk,) = list(sampler.stream(request))
+        ours.chunk = chunk
+        return time.perf_counter() - t
+
+    def theirs() -> float:
+        t = time.perf_counter()
+        pipe(image=pil, prompt_embeds=text, negative_prompt_embeds=negative, height=H, width=W, num_frames=F,
+             num_inference_steps=args.steps, guidance_scale=5.0, latents=clip_noise(0, (1, 16, T, H // 8, W // 8)),
+             output_type="np")
+        return time.perf_counter() - t
+
+    session = OutputSession(tmp / "out", {"bench": 1}, fps=16)
+    session.start(resume=False)
+
+    def write() -> float:
+        t = time.perf_counter()
+        session.commit(ours.chunk)
+        return time.perf_counter() - t
+
+    a, b, w = [], [], []
+    with torch.no_grad():
+        for i in range(args.clips + 1):
+            ta, tb = ours(), theirs()
+            tw = write()
+            if i:  # the first round warms both up
+                a.append(ta), b.append(tb), w.append(tw)
+    ma, mb, mw = statistics.median(a), statistics.median(b), statistics.median(w)
+    print(f"tiny backbone, {F} frames x {H}x{W}, {args.steps} Euler steps, cfg 5, torch threads "
+          f"{torch.get_num_threads()}, median of {args.clips} clips after a warm-up")
+    print(f"  {'':47s} {'median':>8s} {'min':>8s}")
+    print(f"  svi sampler (SVIClipSampler.stream, one clip) : {ma * 1000:8.1f} {min(a) * 1000:8.1f} ms/clip")
+    print(f"  diffusers WanImageToVideoPipeline.__call__     : {mb * 1000:8.1f} {min(b) * 1000:8.1f} ms/clip")
+    print(f"  ratio ours / diffusers                         : {ma / mb:8.3f} {min(a) / min(b):8.3f}")
+    print(f"  writing a clip (segment + state + concat, {args.clips} clips): {mw * 1000:8.1f} ms/clip (median)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

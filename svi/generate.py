@@ -1,0 +1,140 @@
+"""svi-generate: a long video from an image and a prompt schedule, clip by clip. Only wiring lives here.
+
+    svi-generate image=cat.jpg prompts=prompts.txt num_clips=10 lora.path=svi-shot.safetensors
+    svi-generate backbone=tiny image=cat.png prompts=p.txt num_clips=3 flow.num_inference_steps=3 out=DIR
+    svi-generate ... out=DIR resume=true                       # continue after an interruption
+    svi-generate -m ... sampler=svi,base handoff=pixel,latent  # a sweep
+
+Everything that can be checked without weights (image, prompt file, schedule, frame count, LoRA file,
+resume state and config hash) is checked before the backbone is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+import svi.config  # noqa: F401  (registers the typed schemas before composition)
+import svi.sampling.config  # noqa: F401
+from svi.backbones.official import merge_lora, read_lora
+from svi.paths import CONF_DIR
+from svi.sampling.base import GenerationRequest
+from svi.sampling.media import load_image
+from svi.sampling.schedule import build_schedule, check_extra_inputs
+from svi.sampling.session import OutputSession, file_sha256
+
+log = logging.getLogger("svi.generate")
+
+
+def _out_dir(cfg: DictConfig) -> Path:
+    if cfg.out:
+        return Path(cfg.out).expanduser()
+    if cfg.resume:
+        raise ValueError("resume=true needs out=DIR: the directory of the generation to continue")
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    raise ValueError("out=DIR is required outside the svi-generate command")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def hashed_config(cfg: DictConfig, request: GenerationRequest, lora_sha: str | None) -> dict:
+    """What decides the frames: resume refuses to continue when any of it changed."""
+    c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    keep = {k: c[k] for k in ("backbone", "condition", "sampler", "flow", "num_frames", "height", "width",
+                              "handoff", "fps")}
+    keep["image_sha256"] = file_sha256(cfg.image)
+    keep["lora"] = {"sha256": lora_sha, "scale": cfg.lora.scale} if lora_sha else None
+    keep["schedule"] = [clip.to_dict() for clip in request.schedule]
+    return keep
+
+
+def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
+    """Generate (or continue) one long video; returns a summary. `on_commit(chunk, state_path)` per clip."""
+    out = _out_dir(cfg)
+    condition = instantiate(cfg.condition)
+    sampler = instantiate(cfg.sampler, condition=condition, progress=cfg.progress)
+
+    image = load_image(cfg.image, cfg.height, cfg.width)
+    first_only = cfg.use_first_prompt_only
+    if first_only is None:
+        first_only = not getattr(condition, "prompt_per_clip", False)
+    schedule = build_schedule(cfg.prompts, num_clips=cfg.num_clips, base_seed=cfg.seed, cfg=cfg.cfg,
+                              negative_prompt=cfg.negative_prompt, use_first_prompt_only=first_only,
+                              prompt_repeat_times=cfg.prompt_repeat_times, same_seed=cfg.same_seed)
+    check_extra_inputs(schedule, sampler.extra_inputs)
+    request = GenerationRequest(image=image, schedule=schedule, num_frames=cfg.num_frames,
+                                height=cfg.height, width=cfg.width)
+    sampler.validate(request)
+
+    lora = lora_sha = None
+    if cfg.lora.path and not sampler.use_lora:
+        warnings.warn(f"sampler={sampler.name} runs the backbone without LoRA: lora.path is ignored")
+    elif cfg.lora.path:
+        lora, lora_sha = read_lora(cfg.lora.path), file_sha256(_lora_file(cfg.lora.path))
+
+    session = OutputSession(out, hashed_config(cfg, request, lora_sha), fps=cfg.fps,
+                            save_latents=cfg.save_latents)
+    point = session.start(resume=cfg.resume)
+    total = sampler.num_chunks(request)
+    summary = {"out": str(out), "video": str(session.video_path), "clips_done": point.chunks_done,
+               "clips_total": total, "frames": point.frames_total, "config_hash": session.hash}
+    if point.chunks_done >= total:
+        log.info(f"[svi] nothing to do: {out} already holds all {total} clips ({session.video_path})")
+        return summary
+    if point.chunks_done:
+        log.info(f"[svi] resuming {out} after clip {point.chunks_done} of {total}")
+
+    stack = instantiate(cfg.backbone).to(_device(cfg.device))
+    if lora is not None:
+        n = merge_lora(stack.transformer, lora, cfg.lora.scale)
+        log.info(f"[svi] merged {lora.layout} LoRA {cfg.lora.path} (rank {lora.rank}, {n} modules)"
+                 + (f"; extra tensors not used by condition '{condition.name}': {sorted(lora.extras)[:4]}"
+                    if lora.extras else ""))
+    sampler.bind(stack)
+
+    bar = tqdm(total=total, initial=point.chunks_done, desc="clips", unit="clip", disable=not cfg.progress)
+    new = 0
+    for chunk in sampler.stream(request, start=point.cursor, carry=point.carry):
+        state = session.commit(chunk)
+        new += 1
+        bar.update(1)
+        if on_commit is not None:
+            on_commit(chunk, state)
+        if cfg.stop_after is not None and new >= cfg.stop_after and session.done < total:
+            log.info(f"[svi] stop_after={cfg.stop_after}: stopping after clip {session.done} of {total}; "
+                     f"continue with out={out} resume=true")
+            break
+    bar.close()
+    summary.update(clips_done=session.done, frames=session.frames_total)
+    log.info(f"[svi] {session.done}/{total} clips, {session.frames_total} frames -> {session.video_path}")
+    return summary
+
+
+def _lora_file(path: str) -> Path:
+    from svi.backbones.lora import ADAPTER_FILE
+
+    p = Path(path).expanduser()
+    return p / ADAPTER_FILE if p.is_dir() else p
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
+def main(cfg: DictConfig) -> None:
+    generate(cfg)
+
+
+if __name__ == "__main__":
+    main()

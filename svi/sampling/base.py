@@ -1,0 +1,133 @@
+"""One interface for long-video samplers (SPEC §5-6, reference/miga_fifo.md §5).
+
+SVI, FIFO-Diffusion and MIGA are all "grouped diagonal schedules": latents at noise levels one step
+apart, denoised by one network through windows, emitted in order. What differs is how the queue is laid
+out and which windows are run. This module fixes the parts they share, so a new sampler only plans:
+
+* `Denoiser` - the only place the network runs: CFG, one sigma per sample `(B,)` or per latent frame
+  `(B, T)` (FIFO/MIGA), LoRA already merged into the backbone, so every sampler gets it for free.
+* `EulerSolver` - the pure update `x <- x + (sigma_next - sigma) v`, per sample or per latent frame.
+* `LongVideoSampler` - `stream(request, start, carry)` yields `Chunk`s of finished pixel frames in global
+  order. A chunk carries `cursor` (where a resumed stream restarts) and `carry` (the tensors it needs
+  then), so the entrypoint streams, writes and resumes any sampler without knowing its internals.
+
+SVI (`svi.sampling.svi_clip.SVIClipSampler`) is the degenerate case: one window per clip (depth 1),
+one scalar sigma per step, and the hand-off between windows through the condition `y`. FIFO and MIGA
+keep their queue, window planner and reflection hooks inside their own `stream`, call the same
+`Denoiser` with per-frame sigmas, and put their queue into `carry`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from svi.flow import euler_step, frame_to_token_timesteps, to_timesteps
+from svi.sampling.schedule import ClipSpec
+
+
+@dataclass
+class GenerationRequest:
+    """Everything a sampler needs to know about the video to make (validated before any compute)."""
+
+    image: Tensor  # (1, 3, H, W) in [-1, 1]: the reference image and the first motion frame
+    schedule: Sequence[ClipSpec]  # one entry per clip
+    num_frames: int  # F pixel frames per clip, 1 + 4k
+    height: int
+    width: int
+
+    @property
+    def num_clips(self) -> int:
+        return len(self.schedule)
+
+
+@dataclass
+class Chunk:
+    """Finished frames, in order, plus what a resumed stream needs to continue after them."""
+
+    index: int  # which chunk this is (SVI: the clip index)
+    frames: np.ndarray  # (n, H, W, 3) uint8, ready for the writer
+    cursor: int  # the stream restarts here on resume (SVI: the next clip index)
+    carry: dict[str, Tensor] = field(default_factory=dict)  # small tensors restored on resume
+    info: dict = field(default_factory=dict)  # JSON-able facts for the state file (seed, prompt, ...)
+    latents: Tensor | None = None  # the chunk's clean latents (SVI: the clip's x0), kept with save_latents
+
+
+@dataclass
+class WindowCond:
+    """Conditioning of one denoiser call (one window): `y`, text and CLIP tokens, guidance."""
+
+    y: Tensor  # (B, 20, T, h, w): mask (4) + condition latent (16)
+    text: Tensor  # (B, L_text, D) positive prompt embeddings
+    negative_text: Tensor | None  # (B, L_text, D), or None without guidance
+    image: Tensor | None  # (B, 257, D_img) CLIP tokens, None for backbones without an image path
+    cfg: float = 5.0  # text guidance scale; <= 1 runs the positive branch only (as diffusers)
+
+
+class Denoiser:
+    """v̂ = DiT(x, sigma, cond) with classifier-free guidance on the text.
+
+    `sigma` is `(B,)` (one level per sample, SVI) or `(B, T)` (one level per latent frame, FIFO/MIGA). A
+    `(B, T)` sigma that is equal along T takes the scalar path, so both give bit-identical results.
+    Guidance follows diffusers: `v = v_neg + cfg (v_pos - v_neg)`, the two branches run one after the
+    other (a batch of 2 would double peak activation memory on a 14B model).
+    """
+
+    def __init__(self, stack):
+        self.stack = stack
+
+    def timesteps(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if sigma.ndim == 2 and bool((sigma == sigma[:, :1]).all()):
+            sigma = sigma[:, 0]
+        t = to_timesteps(sigma.float()).to(x.device)
+        if t.ndim == 2:  # per latent frame -> per token (tokens are ordered f, h, w)
+            patch = self.stack.transformer.config.patch_size
+            t = frame_to_token_timesteps(t, x.shape[-2], x.shape[-1], patch=patch[1])
+        return t
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, sigma: Tensor, cond: WindowCond) -> Tensor:
+        t = self.timesteps(x, sigma)
+        v = self.stack.velocity(x, cond.y, t, cond.text, cond.image).float()
+        if cond.cfg > 1 and cond.negative_text is not None:
+            v_neg = self.stack.velocity(x, cond.y, t, cond.negative_text, cond.image).float()
+            v = v_neg + cond.cfg * (v - v_neg)  # combined in fp32 even for a bf16 backbone
+        return v
+
+
+class EulerSolver:
+    """First-order flow-matching step (SVI's solver); stateless, per sample or per latent frame."""
+
+    def step(self, x: Tensor, v: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        return euler_step(x, v, sigma, sigma_next)
+
+
+class LongVideoSampler(ABC):
+    """A long-video sampler: yields finished frames chunk by chunk, resumable from any chunk."""
+
+    #: Inputs besides the image and prompt that this sampler can consume per clip.
+    extra_inputs: tuple[str, ...] = ()
+    #: Whether the entrypoint merges `lora.path` into the backbone for this sampler.
+    use_lora: bool = True
+
+    def bind(self, stack) -> "LongVideoSampler":
+        """Give the sampler its backbone; configuration and `validate` run before weights are loaded."""
+        self.stack = stack
+        return self
+
+    def num_chunks(self, request: GenerationRequest) -> int:
+        """How many chunks `stream` yields in all (for progress bars)."""
+        return request.num_clips
+
+    @abstractmethod
+    def stream(self, request: GenerationRequest, start: int = 0,
+               carry: dict[str, Tensor] | None = None) -> Iterator[Chunk]:
+        """Yield chunks in order, beginning at `start` with the `carry` of the chunk before it."""
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise a clear error for a request this sampler cannot run (called before any compute)."""

@@ -1,0 +1,59 @@
+"""Typed schema of `conf/generate.yaml`, so a misspelt or mistyped knob fails when the config is composed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Handoff(str, Enum):
+    pixel = "pixel"  # decode, hand the last K frames over, re-encode them (official)
+    latent = "latent"  # reuse the last latent frames in the next condition (no VAE round trip)
+
+
+@dataclass
+class LoraFileSchema:
+    path: Optional[str] = None  # our adapter (file or directory) or an official SVI LoRA file; null: none
+    scale: float = 1.0  # multiplies alpha / r (the official inference merges with --lora_alpha 1.0)
+
+
+@dataclass
+class GenerateSchema:
+    backbone: Any = MISSING
+    condition: Any = MISSING
+    flow: Any = MISSING
+    sampler: Any = MISSING
+    lora: LoraFileSchema = field(default_factory=LoraFileSchema)
+    task_name: str = "generate"
+    experiment_name: str = MISSING
+    image: str = MISSING
+    prompts: str = MISSING
+    num_clips: Optional[int] = None
+    use_first_prompt_only: Optional[bool] = None
+    prompt_repeat_times: int = 1
+    seed: int = 0
+    same_seed: bool = False
+    cfg: float = 5.0
+    negative_prompt: Optional[str] = None
+    num_frames: int = MISSING
+    height: int = MISSING
+    width: int = MISSING
+    handoff: Handoff = Handoff.pixel
+    fps: int = 16
+    out: Optional[str] = None
+    resume: bool = False
+    stop_after: Optional[int] = None
+    save_latents: bool = False
+    device: str = "auto"
+    progress: bool = True
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="generate_schema", node=GenerateSchema)
+
+
+register_configs()
