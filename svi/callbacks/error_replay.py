@@ -14,38 +14,51 @@ Errors of clean samples (nothing injected) are stored only with probability
 `clean_buffer_update_prob`: they would otherwise crowd the bank with errors of a situation the
 model never meets at inference. Non-finite errors are refused and counted by the memory.
 
-The memory, the iteration count and both generators are saved with the checkpoint. Under DDP the
-checkpoint is written by rank 0, so after warmup a resumed run restarts every rank from rank 0's
-banks.
+The memory, the iteration count and both generators are saved with the checkpoint (the per-rank
+generator of every rank: gathered when the checkpoint is dumped). Under DDP the checkpoint is written
+by rank 0, so after warmup a resumed run restarts every rank from rank 0's banks.
 """
 
 from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 
-from svi.erft.memory import ReplayMemory
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from svi.erft.memory import ReplayMemory, storage_dtype
+from svi.lit.cadence import logs_this_step
+from svi.lit.rank_state import gather_per_rank, own_rank_state
 
 
 class ErrorReplayCallback(L.Callback):
+    """Owns the replay memory; see the module docstring.
+
+    Memory knobs (`conf/memory/*`): num_grids (N_test buckets), capacity (Z), replacement (l2 | l2_sketch |
+    random | fifo), dtype (float32 | bfloat16 | float16 | float8), device (cpu | cuda), budget_gib (caps Z
+    for both banks together; null = Z only), grow_by (entries allocated at a time), sketch_dim /
+    sketch_rerank (l2_sketch), pin_memory (null = when CUDA is available).
+    """
+
     def __init__(self, num_grids: int = 50, capacity: int = 500, replacement: str = "l2", warmup_steps: int = 50,
                  clean_buffer_update_prob: float = 0.1, enabled: bool = True, dtype: str = "float32",
-                 device: str = "cpu", seed: int = 0, log_buckets_every_n_steps: int = 50):
-        if dtype not in _DTYPES:
-            raise ValueError(f"memory.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+                 device: str = "cpu", seed: int = 0, log_buckets_every_n_steps: int = 50,
+                 budget_gib: float | None = None, grow_by: int = 16, sketch_dim: int = 256, sketch_rerank: int = 0,
+                 pin_memory: bool | None = None):
         self.enabled = enabled
         self.warmup_steps = warmup_steps  # W
         self.clean_buffer_update_prob = clean_buffer_update_prob
         self.log_buckets_every_n_steps = log_buckets_every_n_steps
         self.seed = seed
-        self.memory = ReplayMemory(num_grids, capacity, replacement, _DTYPES[dtype], device) if enabled else None
+        budget = None if budget_gib is None else int(budget_gib * 2**30)
+        self.memory = ReplayMemory(num_grids, capacity, replacement, storage_dtype(dtype), device,
+                                   budget_bytes=budget, grow_by=grow_by, sketch_dim=sketch_dim, sketch_seed=seed,
+                                   sketch_rerank=sketch_rerank, pin_memory=pin_memory) if enabled else None
         self.iterations = 0  # training_step calls seen; identical on every rank
         self.shared_generator = torch.Generator().manual_seed(seed)  # same stream on all ranks
         self.local_generator = torch.Generator().manual_seed(seed + 1)  # re-seeded per rank in setup
         self.stored = 0
+        self._reported_capacity = False
 
     @property
     def state_key(self) -> str:
@@ -74,7 +87,24 @@ class ErrorReplayCallback(L.Callback):
         self.stored += self.memory.add(errors["grid"].cpu(), errors["e_vid"], errors["e_noi"], keep=keep,
                                        generator=generator)
         self.iterations += 1
-        self._log(pl_module, warmup)
+        if not self._reported_capacity and self.memory.effective_capacity is not None:
+            self._report_capacity()
+        if logs_this_step(trainer):
+            self._log(pl_module, warmup)
+        if self.log_buckets_every_n_steps and self.iterations % self.log_buckets_every_n_steps == 0:
+            kw = dict(on_step=True, on_epoch=False, batch_size=1)
+            for n, count in enumerate(self.memory.vid.counts.tolist()):  # per-bucket fill (same for noi)
+                pl_module.log(f"erft/bucket/{n:02d}", float(count), **kw)
+
+    def _report_capacity(self) -> None:
+        """Once the first error fixes the entry size: what one entry costs and the Z in force."""
+        self._reported_capacity = True
+        bank = self.memory.vid
+        budget = "none" if bank.budget_bytes is None else f"{2 * bank.budget_bytes / 2**30:.3g} GiB"
+        full = 2 * bank.num_buckets * bank.z * bank.entry_nbytes
+        rank_zero_info(f"[erft] replay memory: entry {bank.entry_shape} {str(bank.dtype).removeprefix('torch.')} "
+                       f"= {bank.entry_nbytes / 2**20:.3g} MiB; budget {budget} -> Z = {bank.z} per bucket "
+                       f"(configured {bank.capacity}); at most {full / 2**30:.3g} GiB when full")
 
     def _log(self, pl_module, warmup: bool) -> None:
         mem, kw = self.memory, dict(on_step=True, on_epoch=False, batch_size=1)
@@ -84,10 +114,8 @@ class ErrorReplayCallback(L.Callback):
             pl_module.log(f"erft/bank/{name}/nonfinite", float(bank.num_nonfinite), **kw)
         pl_module.log("erft/bank/stored", float(self.stored), **kw)
         pl_module.log("erft/bank/bytes", float(mem.nbytes), **kw)
+        pl_module.log("erft/bank/capacity", float(mem.vid.z), **kw)
         pl_module.log("erft/warmup", float(warmup), **kw)
-        if self.log_buckets_every_n_steps and self.iterations % self.log_buckets_every_n_steps == 0:
-            for n, count in enumerate(mem.vid.counts.tolist()):  # per-bucket fill (same for noi)
-                pl_module.log(f"erft/bucket/{n:02d}", float(count), **kw)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.enabled:
@@ -100,15 +128,23 @@ class ErrorReplayCallback(L.Callback):
     def state_dict(self) -> dict:
         if not self.enabled:
             return {}
+        # Every rank's local coins (collective: all ranks dump the checkpoint together; rank 0 writes it).
         return {"memory": self.memory.state_dict(), "iterations": self.iterations, "stored": self.stored,
                 "shared_generator": self.shared_generator.get_state(),
-                "local_generator": self.local_generator.get_state()}
+                "local_generator_per_rank": gather_per_rank(self.local_generator.get_state())}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if not self.enabled or not state_dict:
             return
         self.memory.load_state_dict(state_dict["memory"])
+        self._reported_capacity = False  # report the Z in force again after a resume
         self.iterations = state_dict["iterations"]
         self.stored = state_dict["stored"]
         self.shared_generator.set_state(state_dict["shared_generator"])
-        self.local_generator.set_state(state_dict["local_generator"])
+        initialized = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if initialized else (0, 1)
+        local = own_rank_state(state_dict.get("local_generator_per_rank", []), rank, world)
+        if local is not None:
+            self.local_generator.set_state(local)
+        else:  # another world size: fresh, distinct per-rank streams
+            self.local_generator.manual_seed(self.seed + 1 + 7919 * rank + 104_729 * self.iterations)

@@ -4,16 +4,46 @@ Error-Recycling Fine-Tuning stores the errors the model makes during training (l
 tensors, e.g. (16, T, h, w)) in buckets indexed by the timestep-grid index n, and later injects
 samples of them into clean training inputs so the model learns to correct its own drift.
 
-Storage is preallocated per bucket, (capacity, *entry_shape), and allocated lazily on the first
-insert into a bucket, so an insert costs O(D) (plus O(Z*D) reads for the "l2" policy) instead of
-re-stacking the whole bucket on every step.
+At paper scale the memory is a real design constraint (SPEC §9): one 81x480x832 error is 4 MiB in
+bf16, a bucket of Z = 500 is 2 GiB and a full bank of 50 buckets ~100 GiB. Hence:
+
+- storage grows in chunks of `grow_by` entries as a bucket fills (never a full bucket up front) and
+  an insert writes one entry in place: O(D), no re-stacking of the bucket;
+- a memory budget (`budget_bytes`) caps Z once the entry size is known: the effective capacity is
+  min(Z, what fits);
+- storage dtype float32 | bfloat16 | float16 | float8 (e4m3 with a float32 scale per entry,
+  dequantised on read); storage device cpu (pinned when CUDA is available, for fast copies to the
+  GPU) or cuda;
+- replacement of the nearest entry when a bucket is full: "l2" searches exactly (reads the whole
+  bucket, O(Z*D)); "l2_sketch" searches in a count-sketch space (O(D) per insert to sketch the new
+  error, then O(Z*k)), optionally re-ranking the best `sketch_rerank` candidates exactly.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
-REPLACEMENTS = ("l2", "random", "fifo")
+REPLACEMENTS = ("l2", "l2_sketch", "random", "fifo")
+STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                  "float8": torch.float8_e4m3fn}
+_FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448: the per-entry scale maps max|e| here
+
+
+def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """'float32' | 'bfloat16' | 'float16' | 'float8' (or the torch dtype) -> torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in STORAGE_DTYPES.values():
+            raise ValueError(f"memory dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype}")
+        return dtype
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"memory dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+    return STORAGE_DTYPES[dtype]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return next(k for k, v in STORAGE_DTYPES.items() if v == dtype)
 
 
 def _randint(high: int, generator: torch.Generator | None) -> int:
@@ -22,28 +52,141 @@ def _randint(high: int, generator: torch.Generator | None) -> int:
     return int(torch.randint(high, (1,), generator=generator, device=device).item())
 
 
-class ErrorBank:
-    """Errors bucketed by timestep grid; fixed capacity Z per bucket; preallocated storage."""
+class CountSketch:
+    """A k-dim count-sketch of D-dim vectors: S x = sum_i sign_i x_i e_{hash_i}; O(D) per vector.
 
-    chunk_size = 32  # entries per float32 dot-product chunk in the "l2" search (bounds upcast memory)
+    E[<S a, S b>] = <a, b>, so squared distances are estimated as |a|^2 + |b|^2 - 2 <S a, S b> with the
+    exact norms. The hash and signs are drawn from `seed`, so the same seed gives the same sketch.
+    """
+
+    def __init__(self, dim: int, k: int, seed: int, device: torch.device):
+        g = torch.Generator().manual_seed(seed)
+        self.dim, self.k, self.seed = dim, k, seed
+        self.index = torch.randint(0, k, (dim,), generator=g).to(device)  # (D,) int64 bin of each coordinate
+        self.sign = (torch.randint(0, 2, (dim,), generator=g) * 2 - 1).float().to(device)  # (D,) +-1
+
+    @property
+    def nbytes(self) -> int:
+        return self.index.numel() * self.index.element_size() + self.sign.numel() * self.sign.element_size()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """x (D,) float32 -> (k,) float32."""
+        return torch.zeros(self.k, dtype=torch.float32, device=x.device).index_add_(0, self.index, x * self.sign)
+
+
+class _Bucket:
+    """One timestep bucket: entries in chunks (allocated as it fills) and per-entry metadata rows."""
+
+    def __init__(self):
+        self.chunks: list[Tensor] = []  # each (rows, *entry_shape) in the storage dtype
+        self.starts: list[int] = []  # first slot of each chunk
+        self.norms: Tensor | None = None  # (allocated,) float32 |stored entry|^2   (l2, l2_sketch)
+        self.scales: Tensor | None = None  # (allocated,) float32 dequantisation scale (float8)
+        self.sketches: Tensor | None = None  # (allocated, k) float32 (l2_sketch)
+        self.count = 0
+        self.fifo_ptr = 0  # oldest slot once the bucket is full
+
+    @property
+    def allocated(self) -> int:
+        return self.starts[-1] + self.chunks[-1].shape[0] if self.chunks else 0
+
+    def locate(self, slot: int) -> tuple[Tensor, int]:
+        for start, chunk in zip(reversed(self.starts), reversed(self.chunks)):
+            if slot >= start:
+                return chunk, slot - start
+        raise AssertionError(f"slot {slot} not allocated")  # internal invariant
+
+
+class ErrorBank:
+    """Errors bucketed by timestep grid; capacity Z per bucket (or what a memory budget allows).
+
+    Args:
+        num_buckets: N_test buckets (grid indices).
+        capacity: Z, entries per bucket.
+        replacement: when a bucket is full, "l2" (replace the exact nearest entry), "l2_sketch" (nearest
+            in count-sketch space), "random" or "fifo".
+        dtype: storage dtype ("float32" | "bfloat16" | "float16" | "float8" or a torch dtype).
+        device: storage device ("cpu" or "cuda").
+        budget_bytes: cap on this bank's bytes; the effective capacity min(Z, fits) is derived at the
+            first insert, when the entry size is known. None: Z only.
+        grow_by: entries allocated at a time as a bucket fills.
+        sketch_dim, sketch_seed: count-sketch size and seed for "l2_sketch".
+        sketch_rerank: "l2_sketch" re-ranks this many best sketch candidates with exact distances
+            (0 or 1: the sketch's nearest is taken as is).
+        pin_memory: pin CPU storage (fast host-to-GPU copies); None: when CUDA is available.
+    """
+
+    search_block = 1 << 22  # elements per float32 block of the exact search (bounds upcast memory)
 
     def __init__(self, num_buckets: int = 50, capacity: int = 500, replacement: str = "l2",
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+                 dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 budget_bytes: int | None = None, grow_by: int = 16, sketch_dim: int = 256, sketch_seed: int = 0,
+                 sketch_rerank: int = 0, pin_memory: bool | None = None):
         if replacement not in REPLACEMENTS:
             raise ValueError(f"replacement must be one of {REPLACEMENTS}, got {replacement!r}")
-        if num_buckets < 1 or capacity < 1:
-            raise ValueError(f"num_buckets and capacity must be >= 1, got {num_buckets}, {capacity}")
+        if num_buckets < 1 or capacity < 1 or grow_by < 1 or sketch_dim < 1:
+            raise ValueError(f"num_buckets, capacity, grow_by and sketch_dim must be >= 1, got {num_buckets}, "
+                             f"{capacity}, {grow_by}, {sketch_dim}")
+        if budget_bytes is not None and budget_bytes <= 0:
+            raise ValueError(f"budget_bytes must be positive or None, got {budget_bytes}")
         self.num_buckets, self.capacity, self.replacement = int(num_buckets), int(capacity), replacement
-        self.dtype, self.device = dtype, torch.device(device)
+        self.dtype, self.device = storage_dtype(dtype), torch.device(device)
+        self.budget_bytes = None if budget_bytes is None else int(budget_bytes)
+        self.grow_by, self.sketch_dim, self.sketch_seed = int(grow_by), int(sketch_dim), int(sketch_seed)
+        self.sketch_rerank = int(sketch_rerank)
+        if pin_memory is None:
+            pin_memory = self.device.type == "cpu" and torch.cuda.is_available()
+        self.pin_memory = bool(pin_memory) and self.device.type == "cpu"
         self._reset()
 
     def _reset(self) -> None:
         self.entry_shape: tuple[int, ...] | None = None
-        self._store: list[Tensor | None] = [None] * self.num_buckets  # each (Z, *entry_shape)
-        self._norms: list[Tensor | None] = [None] * self.num_buckets  # each (Z,) float32, "l2" only
-        self._counts = [0] * self.num_buckets
-        self._fifo_ptr = [0] * self.num_buckets  # oldest slot once a bucket is full
+        self.effective_capacity: int | None = None  # Z after the budget; known once entry_shape is
+        self._sketch: CountSketch | None = None
+        self._buckets = [_Bucket() for _ in range(self.num_buckets)]
         self.num_inserted = self.num_replaced = self.num_nonfinite = 0
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def quantized(self) -> bool:
+        return self.dtype == torch.float8_e4m3fn
+
+    @property
+    def _uses_norms(self) -> bool:
+        return self.replacement in ("l2", "l2_sketch")
+
+    @property
+    def entry_nbytes(self) -> int:
+        """Bytes per stored entry: the error itself plus its norm / scale / sketch."""
+        if self.entry_shape is None:
+            raise RuntimeError("the entry size is known only after the first insert")
+        n = math.prod(self.entry_shape) * self.dtype.itemsize
+        n += 4 * self._uses_norms + 4 * self.quantized
+        n += 4 * self.sketch_dim * (self.replacement == "l2_sketch")
+        return n
+
+    @property
+    def z(self) -> int:
+        """The per-bucket capacity in force: Z, or the budget-derived value once known."""
+        return self.capacity if self.effective_capacity is None else self.effective_capacity
+
+    def _resolve(self, shape: tuple[int, ...]) -> None:
+        """First insert: fix the entry shape, derive the effective capacity, build the sketch."""
+        self.entry_shape = tuple(int(s) for s in shape)
+        numel = math.prod(self.entry_shape)
+        fixed = 0
+        if self.replacement == "l2_sketch":
+            self._sketch = CountSketch(numel, self.sketch_dim, self.sketch_seed, self.device)
+            fixed = self._sketch.nbytes
+        z = self.capacity
+        if self.budget_bytes is not None:
+            fits = (self.budget_bytes - fixed) // (self.num_buckets * self.entry_nbytes)
+            if fits < 1:
+                raise ValueError(f"memory budget {self.budget_bytes / 2**30:.3g} GiB per bank holds no entry of "
+                                 f"shape {self.entry_shape} ({self.entry_nbytes / 2**20:.2f} MiB) in each of "
+                                 f"{self.num_buckets} buckets: raise memory.budget_gib or lower the dtype")
+            z = min(z, int(fits))
+        self.effective_capacity = z
 
     # ------------------------------------------------------------------ inspection
     def _check_bucket(self, bucket: int) -> int:
@@ -54,13 +197,13 @@ class ErrorBank:
 
     @property
     def counts(self) -> Tensor:
-        return torch.tensor(self._counts, dtype=torch.long)  # (num_buckets,)
+        return torch.tensor([b.count for b in self._buckets], dtype=torch.long)  # (num_buckets,)
 
     def __len__(self) -> int:
-        return sum(self._counts)
+        return sum(b.count for b in self._buckets)
 
     def is_empty(self, bucket: int) -> bool:
-        return self._counts[self._check_bucket(bucket)] == 0
+        return self._buckets[self._check_bucket(bucket)].count == 0
 
     @property
     def nonempty_mask(self) -> Tensor:
@@ -68,19 +211,105 @@ class ErrorBank:
 
     @property
     def fill_fraction(self) -> float:
-        return len(self) / (self.num_buckets * self.capacity)
+        return len(self) / (self.num_buckets * self.z)
 
     @property
     def nbytes(self) -> int:
-        return sum(s.numel() * s.element_size() for s in self._store if s is not None)
+        """Bytes held: allocated chunks, per-entry metadata and the sketch table."""
+        total = self._sketch.nbytes if self._sketch is not None else 0
+        for b in self._buckets:
+            for t in (*b.chunks, b.norms, b.scales, b.sketches):
+                if t is not None:
+                    total += t.numel() * t.element_size()
+        return total
 
     def entries(self, bucket: int) -> Tensor:
-        """View of the filled part of a bucket, (count, *entry_shape)."""
-        bucket = self._check_bucket(bucket)
-        store = self._store[bucket]
-        if store is None:
+        """The stored entries of a bucket in the storage dtype, (count, *entry_shape) (a copy)."""
+        bk = self._buckets[self._check_bucket(bucket)]
+        if bk.count == 0:
             return torch.empty((0, *(self.entry_shape or ())), dtype=self.dtype, device=self.device)
-        return store[: self._counts[bucket]]
+        return torch.cat(bk.chunks)[: bk.count]
+
+    def values(self, bucket: int) -> Tensor:
+        """The stored entries of a bucket as float32 (dequantised), (count, *entry_shape)."""
+        out = self.entries(bucket).float()
+        bk = self._buckets[bucket]
+        if self.quantized and bk.count:
+            out = out * bk.scales[: bk.count].view(-1, *[1] * len(self.entry_shape))
+        return out
+
+    # ------------------------------------------------------------------ storage
+    def _grow(self, bk: _Bucket) -> None:
+        rows = min(self.grow_by, self.z - bk.allocated)
+        assert rows > 0, "grow past the capacity"
+        chunk = torch.empty((rows, *self.entry_shape), dtype=self.dtype, device=self.device,
+                            pin_memory=self.pin_memory)
+        bk.starts.append(bk.allocated)
+        bk.chunks.append(chunk)
+
+        def extend(meta: Tensor | None, *shape: int) -> Tensor:
+            new = torch.zeros((rows, *shape), dtype=torch.float32, device=self.device)
+            return new if meta is None else torch.cat([meta, new])
+
+        if self._uses_norms:
+            bk.norms = extend(bk.norms)
+        if self.quantized:
+            bk.scales = extend(bk.scales)
+        if self.replacement == "l2_sketch":
+            bk.sketches = extend(bk.sketches, self.sketch_dim)
+
+    def _read(self, bk: _Bucket, slot: int) -> Tensor:
+        """Slot -> a new float32 tensor (dequantised), (*entry_shape)."""
+        chunk, row = bk.locate(slot)
+        out = chunk[row].to(torch.float32, copy=True)
+        if self.quantized:
+            out.mul_(bk.scales[slot])
+        return out
+
+    def _write(self, bk: _Bucket, slot: int, error: Tensor) -> None:
+        chunk, row = bk.locate(slot)
+        if self.quantized:
+            e = error.to(device=self.device, dtype=torch.float32)
+            amax = float(e.abs().max())
+            scale = amax / _FP8_MAX if amax > 0 else 1.0
+            chunk[row].copy_(e / scale)
+            bk.scales[slot] = scale
+        else:
+            chunk[row].copy_(error)  # converts dtype/device in place, no bucket-sized allocation
+        if self._uses_norms:
+            stored = self._read(bk, slot).reshape(-1)  # the rounded value: distances to it are exact
+            bk.norms[slot] = stored.dot(stored)
+            if self.replacement == "l2_sketch":
+                bk.sketches[slot] = self._sketch(stored)
+
+    # ------------------------------------------------------------------ nearest-neighbour search
+    def _dots(self, bk: _Bucket, e: Tensor) -> Tensor:
+        """<stored_i, e> for every filled slot, float32 (count,); reads the whole bucket once."""
+        dots = torch.empty(bk.count, dtype=torch.float32, device=self.device)
+        for start, chunk in zip(bk.starts, bk.chunks):
+            flat = chunk.view(chunk.shape[0], -1)  # (rows, D)
+            acc = torch.zeros(flat.shape[0], dtype=torch.float32, device=self.device)
+            step = max(1, self.search_block // flat.shape[0])
+            for j in range(0, flat.shape[1], step):  # bounded float32 upcast of a bf16/fp8 bucket
+                acc += flat[:, j : j + step].float() @ e[j : j + step]
+            dots[start : start + flat.shape[0]] = acc
+        if self.quantized:
+            dots *= bk.scales[: bk.count]
+        return dots
+
+    def _nearest_slot(self, bk: _Bucket, error: Tensor) -> int:
+        """The slot to replace in a full bucket under "l2" / "l2_sketch" (the ||e||^2 term is constant)."""
+        e = error.reshape(-1).to(device=self.device, dtype=torch.float32)  # (D,)
+        norms = bk.norms[: bk.count]
+        if self.replacement == "l2":
+            return int(torch.argmin(norms - 2.0 * self._dots(bk, e)))
+        approx = norms - 2.0 * (bk.sketches[: bk.count] @ self._sketch(e))  # (count,)
+        m = min(self.sketch_rerank, bk.count)
+        if m <= 1:
+            return int(torch.argmin(approx))
+        cand = torch.topk(approx, m, largest=False).indices.tolist()
+        exact = [float(norms[s]) - 2.0 * float(self._read(bk, s).reshape(-1) @ e) for s in cand]
+        return cand[min(range(m), key=exact.__getitem__)]
 
     # ------------------------------------------------------------------ insertion
     def check_shape(self, shape: tuple[int, ...] | torch.Size) -> None:
@@ -88,22 +317,6 @@ class ErrorBank:
         if self.entry_shape is not None and tuple(shape) != self.entry_shape:
             raise ValueError(f"error shape {tuple(shape)} does not match the bank's entry shape "
                              f"{self.entry_shape}")
-
-    def _nearest_slot(self, bucket: int, error: Tensor) -> int:
-        """Exact nearest stored entry in L2, via ||a||^2 + ||b||^2 - 2 a.b with cached norms.
-
-        Dot products are taken in float32 over chunks of entries so a bf16 bucket is never upcast
-        as a whole (at paper scale one bucket is Z * 20M elements).
-        """
-        store, norms = self._store[bucket], self._norms[bucket]
-        assert store is not None and norms is not None
-        e = error.reshape(-1).to(device=self.device, dtype=torch.float32)  # (D,)
-        dots = torch.empty(self.capacity, dtype=torch.float32, device=self.device)  # (Z,)
-        for i in range(0, self.capacity, self.chunk_size):
-            block = store[i : i + self.chunk_size].reshape(-1, e.numel()).float()  # (k, D)
-            dots[i : i + block.shape[0]] = block @ e
-        dist = norms + e.dot(e) - 2.0 * dots  # (Z,)
-        return int(torch.argmin(dist).item())
 
     def add(self, bucket: int, error: Tensor, generator: torch.Generator | None = None) -> bool:
         """Store a copy of `error` in `bucket`; returns False (and counts it) if it is non-finite."""
@@ -114,29 +327,23 @@ class ErrorBank:
             self.num_nonfinite += 1  # a diverged step must not poison the memory
             return False
         if self.entry_shape is None:
-            self.entry_shape = tuple(error.shape)
-        if self._store[bucket] is None:
-            self._store[bucket] = torch.empty((self.capacity, *self.entry_shape), dtype=self.dtype,
-                                              device=self.device)
-            if self.replacement == "l2":
-                self._norms[bucket] = torch.zeros(self.capacity, dtype=torch.float32, device=self.device)
-        store, n = self._store[bucket], self._counts[bucket]
-        if n < self.capacity:
-            slot = n
-            self._counts[bucket] = n + 1
+            self._resolve(error.shape)
+        bk = self._buckets[bucket]
+        if bk.count < self.z:
+            slot = bk.count
+            if slot == bk.allocated:
+                self._grow(bk)
+            bk.count += 1
         else:
-            if self.replacement == "l2":
-                slot = self._nearest_slot(bucket, error)
+            if self.replacement in ("l2", "l2_sketch"):
+                slot = self._nearest_slot(bk, error)
             elif self.replacement == "random":
-                slot = _randint(self.capacity, generator)
+                slot = _randint(self.z, generator)
             else:  # fifo: the ring pointer is the oldest slot
-                slot = self._fifo_ptr[bucket]
-                self._fifo_ptr[bucket] = (slot + 1) % self.capacity
+                slot = bk.fifo_ptr
+                bk.fifo_ptr = (slot + 1) % self.z
             self.num_replaced += 1
-        store[slot].copy_(error)  # converts dtype/device in place, no bucket-sized allocation
-        if self.replacement == "l2":
-            flat = store[slot].reshape(-1).float()  # norm of the stored (rounded) value: exact distances
-            self._norms[bucket][slot] = flat.dot(flat)
+        self._write(bk, slot, error)
         self.num_inserted += 1
         return True
 
@@ -149,12 +356,11 @@ class ErrorBank:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, bucket: int, generator: torch.Generator | None = None) -> Tensor:
-        """A uniformly random stored entry of `bucket`, as a new float32 tensor."""
-        bucket = self._check_bucket(bucket)
-        n = self._counts[bucket]
-        if n == 0:
+        """A uniformly random stored entry of `bucket`, as a new float32 tensor on the storage device."""
+        bk = self._buckets[self._check_bucket(bucket)]
+        if bk.count == 0:
             raise RuntimeError(f"cannot sample from empty bucket {bucket}")
-        return self._store[bucket][_randint(n, generator)].to(torch.float32, copy=True)
+        return self._read(bk, _randint(bk.count, generator))
 
     def sample_any(self, generator: torch.Generator | None = None) -> Tensor:
         """Uniform over all stored entries (a full bucket is proportionally more likely than a sparse one)."""
@@ -162,27 +368,37 @@ class ErrorBank:
         if total == 0:
             raise RuntimeError("cannot sample from an empty error bank")
         idx = _randint(total, generator)
-        for bucket, n in enumerate(self._counts):
-            if idx < n:
-                return self._store[bucket][idx].to(torch.float32, copy=True)
-            idx -= n
+        for bk in self._buckets:
+            if idx < bk.count:
+                return self._read(bk, idx)
+            idx -= bk.count
         raise AssertionError("sample index beyond the stored entries")  # unreachable
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
         """Config, counters and only the filled part of each bucket (concatenated in bucket order)."""
-        filled = [self._store[b][:n].cpu() for b, n in enumerate(self._counts) if n > 0]
+        filled = [b for b in self._buckets if b.count > 0]
+
+        def cat(get) -> Tensor:
+            return torch.cat([get(b)[: b.count].cpu() for b in filled]) if filled else torch.empty(0)
+
+        entries = cat(lambda b: torch.cat(b.chunks)) if filled else torch.empty(0, dtype=self.dtype)
         sd = {"num_buckets": self.num_buckets, "capacity": self.capacity, "replacement": self.replacement,
-              "dtype": str(self.dtype).removeprefix("torch."),
-              "has_shape": self.entry_shape is not None,
+              "dtype": _dtype_name(self.dtype), "has_shape": self.entry_shape is not None,
               "entry_shape": torch.tensor(self.entry_shape or (), dtype=torch.long),
-              "counts": self.counts, "fifo_ptr": torch.tensor(self._fifo_ptr, dtype=torch.long),
-              "entries": torch.cat(filled) if filled else torch.empty(0, dtype=self.dtype),  # (sum n, ...)
+              "effective_capacity": self.z,
+              "counts": self.counts,
+              "fifo_ptr": torch.tensor([b.fifo_ptr for b in self._buckets], dtype=torch.long),
+              "entries": entries,  # (sum n, *entry_shape) in the storage dtype
               "num_inserted": self.num_inserted, "num_replaced": self.num_replaced,
               "num_nonfinite": self.num_nonfinite}
-        if self.replacement == "l2":
-            norms = [self._norms[b][:n].cpu() for b, n in enumerate(self._counts) if n > 0]
-            sd["norms"] = torch.cat(norms) if norms else torch.empty(0)  # (sum n,) float32
+        if self._uses_norms:
+            sd["norms"] = cat(lambda b: b.norms)  # (sum n,) float32
+        if self.quantized:
+            sd["scales"] = cat(lambda b: b.scales)  # (sum n,) float32
+        if self.replacement == "l2_sketch":
+            sd["sketches"] = cat(lambda b: b.sketches) if filled else torch.empty(0, self.sketch_dim)
+            sd["sketch_dim"], sd["sketch_seed"] = self.sketch_dim, self.sketch_seed
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -195,39 +411,65 @@ class ErrorBank:
         if len(counts) != self.num_buckets or sum(counts) != entries.shape[0]:
             raise ValueError("state_dict counts do not match its stored entries")
         self._reset()
-        if sd["has_shape"]:
-            self.entry_shape = tuple(int(s) for s in sd["entry_shape"].tolist())
-        # Stored norms are bit-exact only if the storage dtype is unchanged; otherwise recompute.
-        keep_norms = self.replacement == "l2" and sd["dtype"] == str(self.dtype).removeprefix("torch.")
+        if not sd["has_shape"]:
+            return self._load_counters(sd)
+        self._resolve(tuple(int(s) for s in sd["entry_shape"].tolist()))
+        if max(counts) > self.z:
+            raise ValueError(f"the checkpoint holds {max(counts)} entries in a bucket but this memory's capacity "
+                             f"is {self.z} (memory.budget_gib is lower than in the run that saved it)")
+        # Stored norms / sketches are bit-exact only if the stored values are; otherwise recompute.
+        same_dtype = sd["dtype"] == _dtype_name(self.dtype)
+        same_sketch = (same_dtype and sd.get("sketch_dim") == self.sketch_dim
+                       and sd.get("sketch_seed") == self.sketch_seed)
         offset = 0
         for bucket, n in enumerate(counts):
             if n == 0:
                 continue
-            store = torch.empty((self.capacity, *self.entry_shape), dtype=self.dtype, device=self.device)
-            store[:n].copy_(entries[offset : offset + n])
-            self._store[bucket] = store
-            if self.replacement == "l2":
-                norms = torch.zeros(self.capacity, dtype=torch.float32, device=self.device)
-                if keep_norms:
-                    norms[:n].copy_(sd["norms"][offset : offset + n])
-                else:
-                    flat = store[:n].reshape(n, -1).float()  # (n, D)
-                    norms[:n] = (flat * flat).sum(1)
-                self._norms[bucket] = norms
+            bk = self._buckets[bucket]
+            while bk.allocated < n:
+                self._grow(bk)
+            bk.count = n
+            part = slice(offset, offset + n)
             offset += n
-        self._counts = counts
-        self._fifo_ptr = [int(p) for p in sd["fifo_ptr"].tolist()]
+            if same_dtype:
+                for i in range(n):
+                    chunk, row = bk.locate(i)
+                    chunk[row].copy_(entries[part][i])
+                if self.quantized:
+                    bk.scales[:n] = sd["scales"][part]
+                if self._uses_norms:
+                    bk.norms[:n] = sd["norms"][part]
+                if self.replacement == "l2_sketch" and same_sketch:
+                    bk.sketches[:n] = sd["sketches"][part]
+                elif self.replacement == "l2_sketch":
+                    for i in range(n):
+                        bk.sketches[i] = self._sketch(self._read(bk, i).reshape(-1))
+            else:  # a different storage dtype: re-store each dequantised entry (norms, scales, sketches anew)
+                for i in range(n):
+                    value = entries[part][i].float()
+                    if sd["dtype"] == "float8":
+                        value = value * sd["scales"][part][i]
+                    self._write(bk, i, value)
+        self._load_counters(sd)
+
+    def _load_counters(self, sd: dict) -> None:
+        for bk, p in zip(self._buckets, sd["fifo_ptr"].tolist()):
+            bk.fifo_ptr = int(p) % self.z
         self.num_inserted, self.num_replaced = int(sd["num_inserted"]), int(sd["num_replaced"])
         self.num_nonfinite = int(sd["num_nonfinite"])
 
 
 class ReplayMemory:
-    """The two banks of ERFT: B_vid (video/latent-side errors) and B_noi (noise-side errors)."""
+    """The two banks of ERFT: B_vid (video/latent-side errors) and B_noi (noise-side errors).
+
+    `budget_bytes` covers both banks (half each); the other arguments are those of `ErrorBank`.
+    """
 
     def __init__(self, num_buckets: int = 50, capacity: int = 500, replacement: str = "l2",
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-        kw = dict(num_buckets=num_buckets, capacity=capacity, replacement=replacement, dtype=dtype,
-                  device=device)
+                 dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 budget_bytes: int | None = None, **bank_kwargs):
+        kw = dict(num_buckets=num_buckets, capacity=capacity, replacement=replacement, dtype=dtype, device=device,
+                  budget_bytes=None if budget_bytes is None else budget_bytes // 2, **bank_kwargs)
         self.vid = ErrorBank(**kw)
         self.noi = ErrorBank(**kw)
 
@@ -266,6 +508,11 @@ class ReplayMemory:
     @property
     def nbytes(self) -> int:
         return self.vid.nbytes + self.noi.nbytes
+
+    @property
+    def effective_capacity(self) -> int | None:
+        """Z per bucket after the budget (None until the first insert fixes the entry size)."""
+        return self.vid.effective_capacity
 
     def state_dict(self) -> dict:
         return {"vid": self.vid.state_dict(), "noi": self.noi.state_dict()}

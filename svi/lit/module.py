@@ -22,6 +22,8 @@ from svi.config import as_dataclass
 from svi.erft import InjectionConfig, draw_injection, erft_step, gate_on_memory, sample_errors
 from svi.flow import (FlowConfig, inference_sigmas, loss_weights, nearest_grid_index, to_timesteps,
                       training_sigmas)
+from svi.lit.cadence import logs_this_step
+from svi.lit.rank_state import gather_per_rank, own_rank_state
 
 
 class ERFTModule(L.LightningModule):
@@ -98,14 +100,7 @@ class ERFTModule(L.LightningModule):
         if "video" not in batch:
             raise ValueError(f"a training batch needs 'latents' (+ 'y', 'text') or raw 'video' + 'ref_image' + "
                              f"'caption'; got keys {sorted(batch)}")
-        video = batch["video"]
-        motion = video[:, :, : self.condition.num_motion_frames]  # first K frames of the clip
-        out = dict(batch)
-        out["latents"] = self.stack.encode_video(video)
-        out["y"] = self.condition.build_y(self.stack, motion, batch["ref_image"], video.shape[2])
-        out["text"] = self.stack.encode_text(list(batch["caption"]))
-        out["image"] = self.stack.encode_image(self.condition.clip_image(motion))
-        return out
+        return {**batch, **self.condition.encode_clip(self.stack, batch["video"], batch["ref_image"], batch["caption"])}
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         b = self.prepare_batch(batch)
@@ -136,12 +131,13 @@ class ERFTModule(L.LightningModule):
         self.log("train/loss_unweighted", res.loss.mean(), **log)
         self.log("train/sigma", sigma.mean().item(), **log)
         out = {"loss": loss}
-        if self.injection.enabled:
+        if self.injection.enabled and logs_this_step(self._trainer):  # only on steps whose logs are written
             for name in ("vid", "noi", "img"):
                 self.log(f"erft/inject/{name}", getattr(inj, name).float().mean().item(), **log)
             self.log("erft/inject/clean", inj.clean.float().mean().item(), **log)
-            self.log("erft/err_rms/vid", res.e_vid.pow(2).mean().sqrt().item(), **log)
-            self.log("erft/err_rms/noi", res.e_noi.pow(2).mean().sqrt().item(), **log)
+            self.log("erft/err_rms/vid", res.e_vid.pow(2).mean().sqrt(), **log)  # tensors: no GPU sync here
+            self.log("erft/err_rms/noi", res.e_noi.pow(2).mean().sqrt(), **log)
+        if self.injection.enabled:
             # Detached errors for the callback; ints (not bools) so every backend can all-gather them.
             out["erft"] = {"e_vid": res.e_vid, "e_noi": res.e_noi, "grid": grid.to(dev),
                            "clean": inj.clean.long().to(dev)}
@@ -152,8 +148,14 @@ class ERFTModule(L.LightningModule):
         """Keep only trainable tensors of the model; optimizer, loops and callback states stay."""
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["svi_generator"] = self.generator.get_state()
+        # Every rank's stream (collective; rank 0 writes the file), so each rank resumes its own.
+        checkpoint["svi_generator_per_rank"] = gather_per_rank(self.generator.get_state())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "svi_generator" in checkpoint:
-            self.generator.set_state(checkpoint["svi_generator"])
+        world = self._trainer.world_size if self._trainer is not None else 1
+        state = own_rank_state(checkpoint.get("svi_generator_per_rank", []), self.global_rank, world)
+        if state is not None:
+            self.generator.set_state(state)
+        else:  # another world size: fresh, distinct per-rank streams
+            step = checkpoint.get("global_step", 0)
+            self.generator.manual_seed(self.seed + 1_000_003 * self.global_rank + 7 * step)

@@ -67,7 +67,8 @@ def test_nonfinite_refused():
     bad[0, 0, 0] = float("inf")
     assert not bank.add(1, bad)
     assert bank.num_nonfinite == 2 and bank.num_inserted == 1
-    assert bank.counts.tolist() == [1, 0] and bank.nbytes == 2 * math.prod(SHAPE) * 4
+    # bucket 0 only: 2 float32 entries plus their float32 norms ("l2")
+    assert bank.counts.tolist() == [1, 0] and bank.nbytes == 2 * (math.prod(SHAPE) + 1) * 4
     assert torch.equal(bank.entries(0), before)
 
 
@@ -86,9 +87,9 @@ def test_l2_replaces_exact_nearest():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_l2_matches_bruteforce_on_random_data(dtype, monkeypatch):
-    monkeypatch.setattr(ErrorBank, "chunk_size", 3)  # exercise the chunked path with a ragged tail
+    monkeypatch.setattr(ErrorBank, "search_block", 5)  # exercise the blocked search with ragged tails
     g = torch.Generator().manual_seed(0)
-    bank = ErrorBank(num_buckets=2, capacity=8, replacement="l2", dtype=dtype)
+    bank = ErrorBank(num_buckets=2, capacity=8, replacement="l2", dtype=dtype, grow_by=3)  # chunks 3+3+2
     for _ in range(8):
         bank.add(1, torch.randn(SHAPE, generator=g))
     for _ in range(20):
@@ -241,7 +242,8 @@ def test_replay_memory_keep_mask():
         assert bank.counts.tolist() == [1, 1, 0, 0, 1]
     assert torch.equal(mem.vid.entries(1)[0], _const(2.0))
     assert torch.equal(mem.noi.entries(1)[0], _const(-3.0))
-    assert mem.nbytes == 2 * 3 * 4 * math.prod(SHAPE) * 4
+    # 2 banks x 3 buckets x 4 slots (one chunk each) x (entry + its "l2" norm) in float32
+    assert mem.nbytes == 2 * 3 * 4 * (math.prod(SHAPE) + 1) * 4
 
     # default keep = all; a pair with one non-finite side is skipped in both banks
     bad_noi = e_noi.clone()
@@ -265,3 +267,183 @@ def test_add_batch_counts_stored():
     assert bank.counts.tolist() == [1, 0, 2]
     with pytest.raises(ValueError):
         bank.add_batch(torch.tensor([0, 1]), errs)
+
+
+# ---------------------------------------------------------------- lazy growth, budget
+def test_storage_grows_in_chunks_not_per_bucket_capacity():
+    bank = ErrorBank(num_buckets=2, capacity=10, replacement="fifo", grow_by=4)
+    entry = math.prod(SHAPE) * 4
+    sizes = []
+    for i in range(10):
+        bank.add(0, _const(i))
+        sizes.append(bank.nbytes // entry)
+    assert sizes == [4, 4, 4, 4, 8, 8, 8, 8, 10, 10]  # chunks of 4, the last one clipped to Z
+    assert bank.entries(0)[:, 0, 0, 0].tolist() == [float(i) for i in range(10)]
+    bank.add(0, _const(99))  # full: fifo replaces slot 0, no further growth
+    assert bank.nbytes // entry == 10 and bank.entries(0)[0, 0, 0, 0] == 99
+
+
+def test_budget_sets_effective_capacity():
+    # bfloat16 entries of 24 elements: 48 bytes + 4 for the l2 norm = 52 bytes; 3 buckets
+    bank = ErrorBank(num_buckets=3, capacity=100, replacement="l2", dtype="bfloat16", budget_bytes=52 * 3 * 7 + 10)
+    assert bank.effective_capacity is None and bank.z == 100
+    bank.add(1, torch.randn(SHAPE))
+    assert bank.entry_nbytes == 52 and bank.effective_capacity == 7 and bank.z == 7
+    for _ in range(20):
+        bank.add(1, torch.randn(SHAPE))
+    assert bank.counts.tolist() == [0, 7, 0] and bank.num_replaced == 14
+    assert bank.nbytes <= bank.budget_bytes
+    assert bank.fill_fraction == pytest.approx(7 / 21)
+    # a smaller Z than the budget allows wins
+    small = ErrorBank(num_buckets=3, capacity=2, dtype="bfloat16", budget_bytes=10**6)
+    small.add(0, torch.randn(SHAPE))
+    assert small.z == 2
+
+
+def test_budget_too_small_is_a_clear_error():
+    bank = ErrorBank(num_buckets=50, capacity=500, dtype="bfloat16", budget_bytes=1000)
+    with pytest.raises(ValueError, match="budget"):
+        bank.add(0, torch.randn(16, 4, 4, 4))
+
+
+def test_replay_memory_splits_budget_between_banks():
+    mem = ReplayMemory(num_buckets=2, capacity=100, replacement="fifo", budget_bytes=2 * 2 * 5 * 96)
+    assert mem.effective_capacity is None
+    mem.add(torch.tensor([0]), torch.randn(1, *SHAPE), torch.randn(1, *SHAPE))
+    assert mem.effective_capacity == 5 and mem.noi.z == 5
+
+
+def test_load_into_smaller_budget_is_refused():
+    src = ErrorBank(num_buckets=1, capacity=8, replacement="fifo")
+    for i in range(8):
+        src.add(0, _const(i))
+    dst = ErrorBank(num_buckets=1, capacity=8, replacement="fifo", budget_bytes=4 * 96)
+    with pytest.raises(ValueError, match="budget"):
+        dst.load_state_dict(src.state_dict())
+
+
+# ---------------------------------------------------------------- float8 storage
+def test_float8_per_entry_scale_keeps_relative_precision():
+    bank = ErrorBank(num_buckets=1, capacity=3, replacement="l2", dtype="float8")
+    g = torch.Generator().manual_seed(0)
+    errs = [torch.randn(SHAPE, generator=g) * s for s in (1e-4, 1.0, 1e3)]  # 7 orders of magnitude
+    for e in errs:
+        bank.add(0, e)
+    assert bank.entries(0).dtype == torch.float8_e4m3fn
+    vals = bank.values(0)
+    assert vals.dtype == torch.float32
+    for v, e in zip(vals, errs):
+        rel = (v - e).abs().max() / e.abs().max()
+        assert rel < 2**-3  # e4m3: 3 mantissa bits; the scale keeps every entry in range
+    s = bank.sample(0, generator=g)
+    assert any(torch.equal(s, v) for v in vals)
+    # per-entry bytes: 1 per element + float32 scale + float32 norm
+    assert bank.entry_nbytes == math.prod(SHAPE) + 8
+
+
+def test_float8_l2_replaces_nearest_dequantised_entry():
+    g = torch.Generator().manual_seed(1)
+    bank = ErrorBank(num_buckets=1, capacity=6, replacement="l2", dtype="float8", grow_by=4)
+    for _ in range(6):
+        bank.add(0, torch.randn(SHAPE, generator=g) * torch.rand((), generator=g) * 3)
+    for _ in range(10):
+        new = torch.randn(SHAPE, generator=g)
+        expect = _brute_nearest(bank.values(0), new)
+        before = bank.values(0)
+        bank.add(0, new)
+        changed = [i for i in range(6) if not torch.equal(bank.values(0)[i], before[i])]
+        assert changed in ([expect], [])  # [] only if the new value rounds to the old one
+
+
+# ---------------------------------------------------------------- sketch replacement
+def test_sketch_with_full_rerank_equals_exact_l2():
+    g = torch.Generator().manual_seed(3)
+    data = [torch.randn(SHAPE, generator=g) * (1 + i % 5) for i in range(40)]
+    exact = ErrorBank(num_buckets=1, capacity=8, replacement="l2")
+    sketch = ErrorBank(num_buckets=1, capacity=8, replacement="l2_sketch", sketch_dim=8, sketch_rerank=8)
+    for e in data:
+        exact.add(0, e)
+        sketch.add(0, e)
+    assert torch.equal(exact.entries(0), sketch.entries(0))
+
+
+def test_sketch_finds_near_duplicates_and_is_seeded():
+    """A new error close to a stored one (relative to the spread) must replace exactly that one."""
+    shape = (16, 3, 8, 8)  # D = 3072 >> sketch_dim
+    g = torch.Generator().manual_seed(4)
+    stored = [torch.randn(shape, generator=g) for _ in range(16)]
+    picks_j = torch.randint(0, 16, (20,), generator=g).tolist()
+    queries = [(j, stored[j] + 0.2 * torch.randn(shape, generator=g)) for j in picks_j]
+    picks = {}
+    for seed in (0, 0, 1):
+        bank = ErrorBank(num_buckets=1, capacity=16, replacement="l2_sketch", sketch_dim=64, sketch_seed=seed)
+        for e in stored:
+            bank.add(0, e)
+        got = []
+        for j, q in queries:
+            before = bank.entries(0)
+            bank.add(0, q)
+            after = bank.entries(0)
+            got.append([i for i in range(16) if not torch.equal(after[i], before[i])])
+            assert got[-1] == [_brute_nearest(before, q)] == [j]
+        picks.setdefault(seed, []).append(bank.entries(0))
+    assert torch.equal(picks[0][0], picks[0][1])  # same seed, same memory
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float8"])
+@pytest.mark.parametrize("replacement", ["l2", "l2_sketch", "random", "fifo"])
+def test_round_trip_all_dtypes_and_policies(dtype, replacement):
+    g = torch.Generator().manual_seed(5)
+    kw = dict(num_buckets=3, capacity=5, replacement=replacement, dtype=dtype, grow_by=2, sketch_dim=8)
+    bank = ErrorBank(**kw)
+    for _ in range(12):
+        bank.add(int(torch.randint(0, 3, (1,), generator=g)), torch.randn(SHAPE, generator=g))
+    clone = ErrorBank(**kw)
+    clone.load_state_dict(bank.state_dict())
+    assert clone.nbytes == bank.nbytes
+    ga, gb = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    for _ in range(12):
+        b, e = int(torch.randint(0, 3, (1,), generator=g)), torch.randn(SHAPE, generator=g)
+        bank.add(b, e, generator=ga)
+        clone.add(b, e, generator=gb)
+    for b in range(3):
+        assert torch.equal(clone.entries(b), bank.entries(b))
+        assert torch.equal(clone.values(b), bank.values(b))
+    sd = bank.state_dict()
+    if replacement == "l2_sketch":
+        assert sd["sketches"].shape == (len(bank), 8) and sd["sketch_seed"] == 0
+
+
+def test_load_bfloat16_into_float8_and_sketch():
+    src = ErrorBank(num_buckets=2, capacity=4, replacement="l2", dtype="bfloat16")
+    g = torch.Generator().manual_seed(6)
+    for _ in range(6):
+        src.add(int(torch.randint(0, 2, (1,), generator=g)), torch.randn(SHAPE, generator=g))
+    dst = ErrorBank(num_buckets=2, capacity=4, replacement="l2", dtype="float8")
+    dst.load_state_dict(src.state_dict())
+    for b in range(2):
+        assert torch.allclose(dst.values(b), src.values(b), rtol=0.13, atol=0.13 * src.values(b).abs().max())
+
+
+def test_cpu_storage_not_pinned_without_cuda():
+    bank = ErrorBank(num_buckets=1, capacity=2)
+    assert bank.pin_memory == torch.cuda.is_available()
+    with pytest.raises(ValueError, match="float8"):
+        ErrorBank(dtype="int8")
+
+
+def test_memory_presets_compose_into_the_callback():
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    for preset, dtype, replacement, budget in (("paper", torch.bfloat16, "l2", None),
+                                               ("compact", torch.float8_e4m3fn, "l2_sketch", 24 * 2**30 // 2)):
+        cfg = compose_config("train", ["experiment=svi_shot", f"memory={preset}"])
+        bank = instantiate(cfg.callbacks.error_replay).memory.vid
+        assert (bank.dtype, bank.replacement, bank.budget_bytes, bank.capacity) == (dtype, replacement, budget, 500)
+    # at paper size the compact budget gives Z = 122 per bucket
+    cfg = compose_config("train", ["experiment=svi_shot", "memory=compact"])
+    bank = instantiate(cfg.callbacks.error_replay).memory.vid
+    bank._resolve((16, 21, 60, 104))
+    assert bank.z == 122
