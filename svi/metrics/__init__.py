@@ -1,0 +1,22 @@
+"""Drift and quality metrics of long videos, per segment and per frame, their drift summaries, and tables.
+
+    from svi.metrics import evaluate_video, open_run, FileVideo
+    run = open_run("outputs/cat_shot")                       # an svi-generate output directory
+    video = FileVideo(run.video_path)
+    segments, source = run.segments(len(video), segment_seconds=None)   # one segment per clip
+    report = evaluate_video(video, segments, gt=FileVideo("gt.mp4"))
+    report.summary(MetricsConfig())                          # {"psnr": .., "psnr/first_last": .., ...}
+
+See docs/evaluate.md for every metric's definition, direction and what it needs.
+"""
+
+from svi.metrics.config import ExtractorPaths, FrechetConfig, MetricsConfig, metrics_config
+from svi.metrics.drift import summarise
+from svi.metrics.suite import (METRICS, WEIGHT_FREE, MetricInfo, Report, SavedLatents, VaeLatents, build_extractors,
+                               evaluate_video)
+from svi.metrics.video import (ArrayVideo, FileVideo, GeneratedRun, Segment, ToyWorldVideo, fixed_segments, open_run,
+                               segments_from_counts)
+
+__all__ = ["METRICS", "WEIGHT_FREE", "ArrayVideo", "ExtractorPaths", "FileVideo", "FrechetConfig", "GeneratedRun",
+           "MetricInfo", "MetricsConfig", "Report", "SavedLatents", "Segment", "ToyWorldVideo", "VaeLatents",
+           "build_extractors", "evaluate_video", "fixed_segments", "metrics_config", "open_run", "segments_from_counts", "summarise"]
