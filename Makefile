@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 ARGS ?=
 
-.PHONY: help install test test-fast demo train clean-outputs
+.PHONY: help install test test-fast demo train table-ablation table-consistency clean-outputs
 
 help:  ## list the verbs
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ demo: install  ## the main job on the built-in default (tiny CPU ERFT training)
 
 train: install  ## svi-train with ARGS="experiment=... ..."
 	$(VENV)/bin/svi-train $(ARGS)
+
+table-ablation: install  ## paper Table 4 (ERFT ablation) at toy scale: experiments/ablation_table4
+	PY=$(PY) bash experiments/ablation_table4/run.sh
+
+table-consistency: install  ## SVI's 50 s / 250 s consistency table at toy scale: experiments/consistent_50s_250s
+	PY=$(PY) bash experiments/consistent_50s_250s/run.sh
 
 clean-outputs:  ## delete Hydra run directories
 	rm -rf outputs/* multirun

@@ -8,8 +8,9 @@ Third-party objects (Trainer, loggers, callbacks) stay plain `_target_` nodes.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
@@ -27,10 +28,15 @@ class MemoryConfig:
 
     num_grids: int = 50  # N_test: buckets = nearest of the 50 shifted inference timesteps
     capacity: int = 500  # Z: errors kept per bucket
-    replacement: str = "l2"  # l2 (replace the nearest entry) | random | fifo
+    replacement: str = "l2"  # l2 (nearest entry) | l2_sketch (nearest in sketch space) | random | fifo
     warmup_steps: int = 50  # W: iterations during which all ranks all-gather their errors
-    dtype: str = "float32"  # storage dtype of the banks
-    device: str = "cpu"  # where the banks live
+    dtype: str = "float32"  # storage dtype of the banks: float32 | bfloat16 | float16 | float8
+    device: str = "cpu"  # where the banks live: cpu (pinned when CUDA is available) | cuda
+    budget_gib: Optional[float] = None  # cap on both banks' bytes; Z shrinks to fit (None: Z only)
+    grow_by: int = 16  # entries allocated at a time as a bucket fills
+    sketch_dim: int = 256  # l2_sketch: count-sketch size per entry
+    sketch_rerank: int = 0  # l2_sketch: re-rank this many best sketch candidates exactly (0: none)
+    pin_memory: Optional[bool] = None  # pin CPU storage; None: when CUDA is available
 
 
 @dataclass
@@ -80,4 +86,31 @@ def as_dataclass(cls: type[T], value: Any) -> T:
     return cls(**value)
 
 
+def sweep_job_name(prefix: str = "") -> str:
+    """`${svi.sweep_job:-}`: in a multirun, `prefix` + the job's override_dirname; "" in a single run.
+
+    Loggers name their runs with it, so the jobs of a sweep are told apart by what they override
+    (`injection.p_img=0.5`) while a single run keeps its plain names and paths.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return ""
+    name = HydraConfig.get().job.override_dirname
+    return f"{prefix}{name}" if name else ""
+
+
+def run_tags(tags, ablation: str) -> list[str]:
+    """`${svi.tags:${tags},${ablation_name}}`: the run's tags plus `ablation:<name>` (W&B filters on tags)."""
+    out = [str(t) for t in (tags or [])]
+    return out if f"ablation:{ablation}" in out else [*out, f"ablation:{ablation}"]
+
+
 register_configs()
+OmegaConf.register_new_resolver("svi.sweep_job", sweep_job_name, replace=True)
+OmegaConf.register_new_resolver("svi.tags", run_tags, replace=True)
+# conf/hydra/launcher/{joblib,submitit_slurm}.yaml keep the plugins' names, so Hydra validates them
+# against the plugins' schemas (a misspelt launcher key fails); its notice about that is noise here.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name",
+                        category=UserWarning)

@@ -41,7 +41,23 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    _check_launch(trainer)
     return model, datamodule, trainer
+
+
+def _check_launch(trainer: L.Trainer) -> None:
+    """Lightning's `ddp` starts ranks 1..n-1 by re-running the command line (with this run's directory,
+    so a single run works). A multirun job cannot be re-run that way: each child would run the sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    relaunches = isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
+    if relaunches and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ValueError("trainer strategy `ddp` re-runs the command line for ranks 1..n-1, which a --multirun job "
+                         "cannot do: sweep with hydra/launcher=submitit_slurm (SLURM starts the ranks) or torchrun, "
+                         "or run the jobs one by one (docs/distributed.md)")
 
 
 def train(cfg: DictConfig) -> dict:
