@@ -120,16 +120,21 @@ def plot_report(report: Report, folder: str | Path, title: str = "") -> list[Pat
         ax.plot(centres, values, "o-", ms=3, lw=1.2, label="per segment")
         for t in report.seam_frames:
             ax.axvline(t / fps, color="0.6", ls=":", lw=0.6)
-        ax.set_xlabel("time [s]")
-        ax.set_ylabel(name)
-        ax.set_title(f"{title + ': ' if title else ''}{_label(name)}", fontsize=9)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(plt, fig, ax, name, f"{title + ': ' if title else ''}{_label(name)}", folder))
     return paths
+
+
+def _save(plt, fig, ax, name: str, title: str, folder: Path) -> Path:
+    """Axis labels, title and legend of a metric-vs-time plot, written to folder/<name>.png."""
+    ax.set_xlabel("time [s]")
+    ax.set_ylabel(name)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = folder / f"{name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_comparison(runs: Sequence[tuple[str, dict]], folder: str | Path) -> list[Path]:
@@ -150,13 +155,5 @@ def plot_comparison(runs: Sequence[tuple[str, dict]], folder: str | Path) -> lis
             centres = (stops - np.asarray(frames) / 2) / fps
             values = np.array([np.nan if v is None else v for v in m["per_segment"]], dtype=float)
             ax.plot(centres, values, "o-", ms=3, lw=1.2, label=label)
-        ax.set_xlabel("time [s]")
-        ax.set_ylabel(name)
-        ax.set_title(_label(name), fontsize=9)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(plt, fig, ax, name, _label(name), folder))
     return paths
