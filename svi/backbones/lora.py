@@ -24,14 +24,14 @@ MODULES_FILE = "svi_modules.safetensors"  # trainable condition adapters (pose e
 class LoraSpec:
     """LoRA hyperparameters (paper: r = alpha = 128 on the SVI targets)."""
 
-    rank: int = 128  # r
+    rank: int = 128  # r; 0 = no LoRA: train the whole transformer (pretraining the toy base)
     alpha: int = 128  # lora_alpha; scale alpha / r = 1 as in the official release
     targets: list[str] = field(default_factory=lambda: list(SVI_TARGETS))  # module-name suffixes to wrap
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+        if self.rank < 0:
+            raise ValueError(f"lora.rank must be >= 1 (or 0 to train the whole transformer), got {self.rank}")
         if not self.targets:
             raise ValueError("lora.targets is empty: name at least one module suffix (e.g. to_q)")
 
@@ -40,6 +40,11 @@ def attach_lora(transformer: nn.Module, spec: LoraSpec, adapter_name: str = "def
     """Freeze the base, inject LoRA, keep the adapter weights in fp32 (bf16 base, fp32 LoRA)."""
     from peft import LoraConfig
 
+    if spec.rank == 0:  # full training: every transformer weight, in fp32
+        transformer.requires_grad_(True)
+        for p in transformer.parameters():
+            p.data = p.data.float()
+        return None
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                         target_modules=list(spec.targets), init_lora_weights=True)
     transformer.requires_grad_(False)

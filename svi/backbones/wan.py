@@ -263,7 +263,7 @@ def load_wan_dir(
     `path` usually comes from the environment variable `env_var`; a missing or incomplete directory
     fails here, before any training, naming the variable and the missing part.
     """
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from diffusers import WanTransformer3DModel
 
     _check_components(components)
     if not path:
@@ -280,7 +280,7 @@ def load_wan_dir(
             f"Download the full diffusers-format model, or drop unneeded parts from backbone.components")
     kw = dict(local_files_only=True)
     dit = WanTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=_dtype(dtype), **kw)
-    vae = AutoencoderKLWan.from_pretrained(root / "vae", torch_dtype=torch.float32, **kw) \
+    vae = _vae_class(root / "vae").from_pretrained(root / "vae", torch_dtype=torch.float32, **kw) \
         if "vae" in components else None
     tok = enc = None
     if "text_encoder" in components:
@@ -307,6 +307,18 @@ def load_wan_dir(
 def load_wan_from_env(env_var: str, path: str | None = None, **kwargs) -> WanStack:
     """`load_wan_dir` with the directory taken from `path` or else the environment variable."""
     return load_wan_dir(path or os.environ.get(env_var), env_var=env_var, **kwargs)
+
+
+def _vae_class(folder: Path):
+    """`AutoencoderKLWan`, or the toy world's `PatchAutoencoder` when the saved config names it."""
+    from diffusers import AutoencoderKLWan
+
+    name = json.loads((folder / "config.json").read_text()).get("_class_name")
+    if name == "PatchAutoencoder":
+        from svi.backbones.patch_ae import PatchAutoencoder
+
+        return PatchAutoencoder
+    return AutoencoderKLWan
 
 
 def _check_dims(stack: WanStack, dims: dict | None) -> WanStack:

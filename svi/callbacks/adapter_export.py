@@ -21,7 +21,9 @@ class AdapterExport(L.Callback):
         self.every_n_train_steps = every_n_train_steps  # 0: only at the end of training
 
     @rank_zero_only
-    def _export(self, pl_module, directory: Path) -> Path:
+    def _export(self, pl_module, directory: Path) -> Path | None:
+        if pl_module.lora_spec.rank == 0:  # full training has no adapter (BackboneExport writes the model)
+            return None
         modules = {f"adapters.{k}": v for k, v in pl_module.adapters.state_dict().items()}
         return save_adapter(directory, pl_module.stack.transformer, pl_module.lora_spec, modules)
 
@@ -34,3 +36,18 @@ class AdapterExport(L.Callback):
         path = self._export(pl_module, self.dirpath)
         if path is not None:
             rank_zero_info(f"[svi] adapter written to {path}")
+
+
+class BackboneExport(L.Callback):
+    """Write the whole trained stack in the diffusers layout at the end of training (full training,
+    e.g. the toy base). List it after an `EMAWeightAveraging` callback to export the averaged weights."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    @rank_zero_only
+    def on_train_end(self, trainer, pl_module) -> None:
+        from svi.backbones.wan import save_stack
+
+        save_stack(pl_module.stack, self.dirpath)
+        rank_zero_info(f"[svi] backbone written to {self.dirpath}")

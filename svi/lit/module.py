@@ -35,13 +35,14 @@ class ERFTModule(L.LightningModule):
         lora, injection, flow: dicts / configs of `LoraSpec`, `InjectionConfig`, `FlowConfig`.
         num_grids: N_test, the number of inference timesteps errors are bucketed by.
         optimizer: a partial optimizer (`_partial_: true`), completed with the trainable params.
+        scheduler: an optional partial LR scheduler (e.g. `svi.lit.schedule.warmup_cosine`), per step.
         seed: base seed of the module's random stream (offset by the rank).
         gradient_checkpointing: recompute transformer blocks in backward (full-size models).
     """
 
     def __init__(self, backbone: nn.Module, condition, lora: Any = None, injection: Any = None, flow: Any = None,
                  num_grids: int = 50, optimizer: Callable | None = None, seed: int = 0,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, scheduler: Callable | None = None):
         super().__init__()
         self.stack = backbone
         self.condition = condition
@@ -53,6 +54,7 @@ class ERFTModule(L.LightningModule):
                                    "flow": asdict(self.flow), "num_grids": num_grids, "seed": seed,
                                    "condition": repr(condition), "gradient_checkpointing": gradient_checkpointing})
         self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler  # optional partial: optimizer -> LR scheduler stepped every step
         self.seed = seed
 
         attach_lora(self.stack.transformer, self.lora_spec)
@@ -86,7 +88,11 @@ class ERFTModule(L.LightningModule):
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-4))
-        return factory(params=self.trainable_parameters())
+        optimizer = factory(params=self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------
     def prepare_batch(self, batch: dict) -> dict:

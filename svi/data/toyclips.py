@@ -1,0 +1,108 @@
+"""Toy-world clips rendered on the fly: the training data of the toy base and the toy fine-tunes.
+
+Every item is a pure function of (seed, index): scene `derive_seed(seed, TRAIN, index // clips_per_scene)`,
+a start frame and a reference frame drawn from the same key. Held-out test scenes come from another
+branch of the seed tree (`heldout_scene_seed`), so no test world is ever seen in training.
+
+An item is a raw clip in the layout the training module encodes itself (`video`, `ref_image`,
+`caption`), exactly like `data=folders`: the toy world goes through the real encode path.
+Shot mode's training reference is a random frame of the same video within `ref_window` frames of the
+clip (the prototype's "random frame of the same 48-frame video"); at test it is the video's frame 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from svi.data.toyworld import caption, derive_seed, make_world, render
+
+TRAIN, TEST = 0, 1
+
+
+@dataclass
+class ToyWorldSpec:
+    """Which toy worlds: geometry and scene options shared by data, base fitting and evaluation."""
+
+    height: int = 32
+    width: int = 32
+    min_sprites: int = 2
+    max_sprites: int = 2
+    drift: float = 0.0
+    scene_change_every: int | None = None  # film scripts (new scene every N frames); None = one shot
+
+    def world(self, seed: int):
+        return make_world(seed, scene_change_every=self.scene_change_every, min_sprites=self.min_sprites,
+                          max_sprites=self.max_sprites, drift=self.drift)
+
+
+def train_scene_seed(seed: int, i: int) -> int:
+    return derive_seed(seed, TRAIN, i)
+
+
+def heldout_scene_seed(seed: int, i: int) -> int:
+    return derive_seed(seed, TEST, i)
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> float (3, F, H, W) in [-1, 1]."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+
+
+class ToyClips(Dataset):
+    """`length` clips of `num_frames` frames from procedurally drawn toy scenes."""
+
+    def __init__(self, num_frames: int = 9, length: int = 1_000_000, seed: int = 0, clips_per_scene: int = 1,
+                 max_start: int = 240, ref_window: int = 48, world: ToyWorldSpec | dict | None = None):
+        if (num_frames - 1) % 4:
+            raise ValueError(f"data.num_frames must be 1+4k (e.g. 9, 17), got {num_frames}")
+        if length < 1 or clips_per_scene < 1:
+            raise ValueError(f"data.length and data.clips_per_scene must be >= 1, got {length}, {clips_per_scene}")
+        self.num_frames, self.length, self.seed = num_frames, length, seed
+        self.clips_per_scene, self.max_start, self.ref_window = clips_per_scene, max_start, ref_window
+        self.world_spec = world if isinstance(world, ToyWorldSpec) else ToyWorldSpec(**dict(world or {}))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        spec, F = self.world_spec, self.num_frames
+        world = spec.world(train_scene_seed(self.seed, index // self.clips_per_scene))
+        rng = np.random.default_rng(derive_seed(self.seed, 2, index))
+        start = int(rng.integers(0, self.max_start + 1))
+        lo = max(0, start - self.ref_window // 2)
+        ref_t = int(rng.integers(lo, lo + self.ref_window))
+        video = render(world, start, F, spec.height, spec.width)
+        ref = render(world, ref_t, 1, spec.height, spec.width)
+        return {"video": to_tensor(video), "ref_image": to_tensor(ref)[:, 0], "caption": caption(world)}
+
+
+class ToyClipsDataModule(L.LightningDataModule):
+    """`data=toy`: on-the-fly toy clips (shuffled map-style dataset, so ExactResume applies)."""
+
+    def __init__(self, batch_size: int = 8, num_workers: int = 0, **dataset_kwargs):
+        super().__init__()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.dataset_kwargs = dataset_kwargs
+
+    def setup(self, stage: str | None = None) -> None:
+        self.dataset = ToyClips(**self.dataset_kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                          drop_last=True, persistent_workers=self.num_workers > 0)
+
+
+def toy_videos(num_videos: int, num_frames: int, seed: int = 0, world: ToyWorldSpec | dict | None = None,
+               split: int = TRAIN, stride: int = 1) -> torch.Tensor:
+    """(N, 3, F, H, W) in [-1, 1]: clips of N scenes of one split (for fitting the autoencoder)."""
+    spec = world if isinstance(world, ToyWorldSpec) else ToyWorldSpec(**dict(world or {}))
+    out = []
+    for i in range(num_videos):
+        w = spec.world(derive_seed(seed, split, i))
+        out.append(to_tensor(render(w, (i * 37) % 200, num_frames * stride, spec.height, spec.width)[::stride]))
+    return torch.stack(out)

@@ -1,0 +1,63 @@
+"""The toy backbone: linear patch autoencoder with Wan's latent layout, save/load through load_wan_dir."""
+
+import pytest
+import torch
+
+from svi.backbones.patch_ae import PatchAutoencoder
+from svi.backbones.toy import load_toy_base
+from svi.data.toyclips import TEST, ToyClips, toy_videos
+
+
+def _psnr(a, b):
+    return float(10 * torch.log10(4 / (a - b).pow(2).mean()))
+
+
+def test_patch_autoencoder_has_wan_layout_and_reconstructs_held_out_clips(toy_stack):
+    videos = toy_videos(4, 17, seed=3, split=TEST)  # scenes never used for fitting
+    z = toy_stack.encode_video(videos)
+    assert z.shape == (4, 16, 5, 16, 16)  # 1 + (17-1)/4 latent frames, /2 spatially
+    # normalised latents: roughly zero-mean, unit-variance per channel
+    assert z.mean().abs() < 0.3 and 0.5 < z.std() < 1.5
+    rec = toy_stack.decode_latents(z)
+    assert rec.shape == videos.shape
+    assert _psnr(rec, videos) > 30.0
+    # causal layout: latent frame 0 depends only on pixel frame 0
+    other = videos.clone()
+    other[:, :, 1:] = 0
+    assert torch.allclose(toy_stack.encode_video(other)[:, :, 0], z[:, :, 0], atol=1e-5)
+
+
+def test_patch_autoencoder_rejects_bad_frame_counts():
+    ae = PatchAutoencoder()
+    with pytest.raises(ValueError, match="1\\+4k"):
+        ae.encode(torch.zeros(1, 3, 8, 32, 32))
+
+
+def test_saved_toy_stack_loads_through_the_real_path(toy_stack, toy_base_dir):
+    loaded = load_toy_base(str(toy_base_dir))
+    assert type(loaded.vae).__name__ == "PatchAutoencoder"
+    video = toy_videos(2, 9, seed=1, split=TEST)
+    assert torch.allclose(loaded.encode_video(video), toy_stack.encode_video(video), atol=1e-5)
+    x = torch.randn(2, 16, 3, 16, 16)
+    y = torch.randn(2, 20, 3, 16, 16)
+    text = loaded.encode_text(["a red disc", "a blue square"])
+    assert torch.allclose(text, toy_stack.encode_text(["a red disc", "a blue square"]), atol=1e-6)
+    t = torch.full((2,), 500.0)
+    assert torch.allclose(loaded.velocity(x, y, t, text, None), toy_stack.velocity(x, y, t, text, None), atol=1e-5)
+
+
+def test_missing_toy_base_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("SVI_TOY_BASE_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="make toy-base"):
+        load_toy_base(str(tmp_path / "nowhere"))
+
+
+def test_toy_clips_are_deterministic_and_well_formed():
+    ds = ToyClips(num_frames=9, seed=5)
+    a, b = ds[3], ds[3]
+    assert torch.equal(a["video"], b["video"]) and a["caption"] == b["caption"]
+    assert a["video"].shape == (3, 9, 32, 32) and a["ref_image"].shape == (3, 32, 32)
+    assert a["video"].min() >= -1 and a["video"].max() <= 1
+    assert not torch.equal(ds[4]["video"], a["video"])
+    with pytest.raises(ValueError, match="1\\+4k"):
+        ToyClips(num_frames=8)
