@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 ARGS ?=
 
-.PHONY: help install test test-fast demo train table-ablation table-consistency clean-outputs
+.PHONY: help install test test-fast demo toy-base train table-ablation table-toy-ablation table-consistency clean-outputs
 
 help:  ## list the verbs
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -29,14 +29,20 @@ test: install  ## run the whole CPU test suite (slow tests included)
 test-fast: install  ## the fast tests only
 	$(PY) -m pytest -m "not gpu and not slow" $(ARGS)
 
-demo: install  ## the main job on the built-in default (tiny CPU ERFT training)
-	$(VENV)/bin/svi-train experiment=svi_shot_tiny $(ARGS)
+demo: install  ## the main job: toy-scale SVI (plain LoRA vs ERFT from the shipped toy base, drift measured; ~10 min)
+	$(VENV)/bin/svi-demo $(ARGS)
+
+toy-base: install  ## retrain the shipped toy base model into svi/assets/toy_base (~20 min on 2 cores)
+	$(VENV)/bin/svi-train experiment=toy_pretrain callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base $(ARGS)
 
 train: install  ## svi-train with ARGS="experiment=... ..."
 	$(VENV)/bin/svi-train $(ARGS)
 
 table-ablation: install  ## paper Table 4 (ERFT ablation) at toy scale: experiments/ablation_table4
 	PY=$(PY) bash experiments/ablation_table4/run.sh
+
+table-toy-ablation: install  ## paper Table 4 on the pretrained toy base, 3 seeds: experiments/toy_ablation
+	PY=$(PY) bash experiments/toy_ablation/run.sh
 
 table-consistency: install  ## SVI's 50 s / 250 s consistency table at toy scale: experiments/consistent_50s_250s
 	PY=$(PY) bash experiments/consistent_50s_250s/run.sh

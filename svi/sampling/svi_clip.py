@@ -139,15 +139,12 @@ class SVIClipSampler(LongVideoSampler):
             else:  # first clip: the input image
                 reps = K if self.first_clip == "repeat" else 1
                 motion = ref.unsqueeze(2).repeat(1, 1, reps, 1, 1)
-            condition = self._condition_with(motion.shape[2])
-            y = condition.build_y(self.stack, motion, ref, F)  # (1, 20, T, h, w)
-            if self.handoff == "latent" and "latents" in carry:
-                y = latent_handoff(y, carry["latents"])
-            cond = WindowCond(y=y, text=self._encode_text(spec.prompt),
-                              negative_text=self._encode_text(spec.negative_prompt) if spec.cfg > 1 else None,
-                              image=self.stack.encode_image(condition.clip_image(motion)), cfg=spec.cfg)
-            noise = clip_noise(spec.seed, (1, self.stack.latent_channels, *y.shape[2:])).to(device)
-            x = self.denoise(noise, sigmas, cond, desc=f"clip {i + 1}/{request.num_clips}")
+            text = self._encode_text(spec.prompt)
+            negative = self._encode_text(spec.negative_prompt) if spec.cfg > 1 else None
+            x = self.sample_clip(motion, ref, F, text, lambda shape: clip_noise(spec.seed, shape).to(device),
+                                 negative_text=negative, cfg=spec.cfg,
+                                 prev_latents=carry.get("latents") if self.handoff == "latent" else None,
+                                 sigmas=sigmas, desc=f"clip {i + 1}/{request.num_clips}")
             frames = to_uint8(self.stack.decode_latents(x))  # (F, H, W, 3)
             last = i == request.num_clips - 1
             carry = {"motion": torch.from_numpy(frames[-K:].copy())}
@@ -156,6 +153,25 @@ class SVIClipSampler(LongVideoSampler):
             yield Chunk(index=i, frames=frames if last else frames[:-K], cursor=i + 1, carry=carry,
                         info={"clip": i, "seed": spec.seed, "cfg": spec.cfg, "prompt": spec.prompt},
                         latents=x.detach().cpu())
+
+    def sample_clip(self, motion: Tensor, ref: Tensor, num_frames: int, text: Tensor, noise,
+                    negative_text: Tensor | None = None, cfg: float = 1.0, prev_latents: Tensor | None = None,
+                    sigmas: Tensor | None = None, desc: str = "") -> Tensor:
+        """One clip for a batch: motion (B, 3, k, H, W) and ref (B, 3, H, W) in [-1, 1], text (B, L, D)
+        -> clean latents (B, 16, T, h, w). `noise` is a tensor or a function of the latent shape.
+        `stream` runs this with B = 1; batched evaluations (the toy demo) run many videos at once."""
+        if sigmas is None:
+            sigmas = inference_sigmas(self.flow.num_inference_steps, self.flow.shift)
+            sigmas = torch.cat([sigmas, sigmas.new_zeros(1)]).to(motion.device)
+        condition = self._condition_with(motion.shape[2])
+        y = condition.build_y(self.stack, motion, ref, num_frames)  # (B, 20, T, h, w)
+        if prev_latents is not None:
+            y = latent_handoff(y, prev_latents.to(y.device))
+        cond = WindowCond(y=y, text=text, negative_text=negative_text,
+                          image=self.stack.encode_image(condition.clip_image(motion)), cfg=cfg)
+        shape = (y.shape[0], self.stack.latent_channels, *y.shape[2:])
+        x = noise(shape) if callable(noise) else noise
+        return self.denoise(x, sigmas, cond, desc=desc)
 
     def denoise(self, x: Tensor, sigmas: Tensor, cond: WindowCond, desc: str = "") -> Tensor:
         """Euler from sigma[0] to the terminal 0 with one sigma per sample: (B, 16, T, h, w) -> x0."""

@@ -1,0 +1,1 @@
+"""The toy-scale reproduction: world-invariant drift metrics, batched rollouts, the `make demo` driver."""

@@ -1,0 +1,365 @@
+"""svi-demo (`make demo`): the whole SVI story at toy scale, measured, on a laptop CPU.
+
+1. From the shipped toy base, fine-tune two LoRAs per seed for the same steps: ERFT (`experiment=toy_shot`)
+   and plain (`ablation=no_erft`), through `svi-train` (one process per run, two at a time).
+2. Roll out `num_clips` clips from held-out toy-world starts with base, plain LoRA and ERFT; every model
+   sees the same worlds and the same noise per seed.
+3. Measure drift against the world's ground truth and invariants; print the drift table with paired
+   intervals; write `summary.json`, per-clip curves (`drift_vs_time.png`) and side-by-side mp4s.
+
+    svi-demo                                   # the default: 3 seeds x (plain, ERFT), 30 clips
+    svi-demo seeds=[0] eval.num_videos=4       # a quick look
+    svi-demo models.erft='[ablation=none,injection.p_clean=0.5]'   # any svi-train override per model
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+import svi.config  # noqa: F401  (registers the typed schemas before composition)
+from svi.paths import CONF_DIR
+
+BASE = "base"
+
+
+def _log(msg: str) -> None:
+    tqdm.write(f"[svi-demo] {msg}")
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. fine-tunes
+# ------------------------------------------------------------------------------------------------
+def finetune_jobs(cfg: DictConfig, out: Path) -> list[tuple[str, int, list[str], Path]]:
+    jobs = []
+    for seed in cfg.seeds:
+        for name, overrides in cfg.models.items():
+            run_dir = out / "train" / f"{name}_seed{seed}"
+            args = [f"experiment={cfg.train_experiment}", f"seed={seed}", f"trainer.max_steps={cfg.steps}",
+                    f"hydra.run.dir={run_dir}", *cfg.train_overrides,
+                    *overrides]
+            if cfg.base:
+                args.append(f"backbone.path={cfg.base}")
+            jobs.append((name, int(seed), args, run_dir))
+    return jobs
+
+
+def adapters_from_runs(pattern: str) -> tuple[dict[tuple[str, int], Path], dict[tuple[str, int], Path]]:
+    """Adapters of finished `svi-train` runs (e.g. a multirun): keyed (ablation_name, seed) -> adapter dir,
+    plus the run dirs (where each run's metrics.json goes)."""
+    import glob
+
+    from svi.metrics.table import _configs_above, _lookup
+
+    adapters, dirs = {}, {}
+    for d in sorted(Path(p) for p in glob.glob(pattern)):
+        if not (d / "adapter" / "pytorch_lora_weights.safetensors").exists():
+            continue
+        configs = _configs_above(d)
+        key = (str(_lookup(configs, "ablation_name")), int(_lookup(configs, "seed")))
+        adapters[key], dirs[key] = d / "adapter", d
+    if not adapters:
+        raise FileNotFoundError(f"no finished svi-train runs (with adapter/) match {pattern!r}")
+    return adapters, dirs
+
+
+def write_run_metrics(cfg: DictConfig, results: dict, dirs: dict[tuple[str, int], Path], out: Path) -> None:
+    """One metrics.json per evaluated run (svi-table reads its `summary`); the base gets its own folders."""
+    from svi.toy.evaluate import PRIMARY
+
+    for seed, r in results.items():
+        for name, ev in r.items():
+            if name == "ceiling":
+                continue
+            d = ev.drift(r["ceiling"])
+            n = ev.per_clip[PRIMARY].shape[1]
+            late = slice(n - max(1, round(n / 3)), n)
+            summary = {"drift": float(np.nanmean(d)),
+                       "bg_rmse_first": float(np.nanmean(ev.per_clip[PRIMARY][:, 0])),
+                       "bg_rmse_late": float(np.nanmean(ev.per_clip[PRIMARY][:, late])),
+                       "col_shift_late": float(np.nanmean(ev.per_clip["col_shift"][:, late])),
+                       "objects_late": float(np.nanmean(ev.per_clip["objects"][:, late])),
+                       "hf_ratio_late": float(np.nanmean(ev.per_clip["hf_ratio"][:, late]))}
+            run_dir = dirs.get((name, int(seed)))
+            if run_dir is None:  # the base: a folder that reads like a run to svi-table
+                run_dir = out / f"{name}_seed{seed}"
+                (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+                OmegaConf.save(OmegaConf.create({"experiment_name": cfg.train_experiment, "ablation_name": name,
+                                                 "seed": int(seed)}), run_dir / ".hydra" / "config.yaml")
+            (run_dir / "metrics.json").write_text(json.dumps({"summary": summary}, indent=2))
+
+
+def run_finetunes(cfg: DictConfig, out: Path) -> dict[tuple[str, int], Path]:
+    """Run every (model, seed) fine-tune; finished runs (adapter present) are reused, so a killed demo resumes."""
+    jobs = finetune_jobs(cfg, out)
+    todo = [j for j in jobs if not (j[3] / "adapter" / "pytorch_lora_weights.safetensors").exists()]
+    if len(todo) < len(jobs):
+        _log(f"{len(jobs) - len(todo)} fine-tune(s) already done in {out / 'train'}, reused")
+    n_par = max(1, min(int(cfg.parallel_jobs), len(todo) or 1))
+    env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
+    if n_par > 1:  # small matmuls: one thread per process beats two threads in one process
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // n_par)))
+
+    def one(job):
+        name, seed, args, run_dir = job
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "svi-train.log", "w") as log:
+            proc = subprocess.run([sys.executable, "-m", "svi.train", *args], stdout=log, stderr=subprocess.STDOUT,
+                                  env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"fine-tune {name} seed {seed} failed (exit {proc.returncode}); "
+                               f"see {run_dir / 'svi-train.log'}")
+        return job
+
+    t0 = time.time()
+    with ThreadPoolExecutor(n_par) as pool, tqdm(total=len(todo), desc="fine-tunes", unit="run") as bar:
+        futures = [pool.submit(one, j) for j in todo]
+        for f in as_completed(futures):
+            name, seed, _, _ = f.result()
+            bar.set_postfix_str(f"{name} seed {seed} done")
+            bar.update(1)
+    if todo:
+        _log(f"{len(todo)} fine-tunes of {cfg.steps} steps in {time.time() - t0:.0f} s")
+    return {(name, seed): run_dir / "adapter" for name, seed, _, run_dir in jobs}
+
+
+# ------------------------------------------------------------------------------------------------
+# 2 + 3. rollouts and metrics
+# ------------------------------------------------------------------------------------------------
+def _sampler(cfg: DictConfig, stack):
+    from hydra.utils import instantiate
+
+    from svi.sampling.svi_clip import SVIClipSampler
+
+    condition = instantiate(cfg.condition)
+    flow = {"shift": cfg.eval.shift, "num_inference_steps": cfg.eval.num_inference_steps}
+    return SVIClipSampler(condition, stack=stack, flow=flow, handoff=cfg.eval.handoff, progress=False)
+
+
+def evaluate_all(cfg: DictConfig, adapters: dict[tuple[str, int], Path], out: Path) -> dict:
+    from svi.backbones.official import merge_lora, read_lora
+    from svi.backbones.toy import load_toy_base
+    from svi.data.toyclips import ToyWorldSpec
+    from svi.toy.evaluate import evaluate_videos
+    from svi.toy.rollout import autoencoder_round_trip, ground_truth, rollout, test_worlds
+
+    stack = load_toy_base(cfg.base)
+    base_state = {k: v.clone() for k, v in stack.transformer.state_dict().items()}
+    sampler = _sampler(cfg, stack)
+    spec = ToyWorldSpec(**OmegaConf.to_container(cfg.eval.world, resolve=True))
+    ev, F = cfg.eval, int(cfg.eval.num_frames)
+    results: dict[int, dict[str, object]] = {}
+    videos: dict[int, dict[str, np.ndarray]] = {}
+    names = [BASE, *cfg.models]
+    t0 = time.time()
+    bar = tqdm(total=len(cfg.seeds) * len(names), desc="rollouts", unit="model")
+    for seed in cfg.seeds:
+        worlds = test_worlds(spec, int(seed), int(ev.num_videos))
+        n_frames = 1 + int(ev.num_clips) * (F - 1)
+        truth = ground_truth(worlds, n_frames, spec.height, spec.width)
+        ceiling = autoencoder_round_trip(stack, truth, F)
+        results[seed] = {"ceiling": evaluate_videos(ceiling, worlds, F - 1)}
+        videos[seed] = {"ground_truth": truth}
+        for name in names:
+            stack.transformer.load_state_dict(base_state)
+            if name != BASE:
+                merge_lora(stack.transformer, read_lora(adapters[(name, int(seed))]), 1.0)
+            r = rollout(sampler, worlds, int(ev.num_clips), F, noise_seed=int(seed), height=spec.height,
+                        width=spec.width, desc=f"{name} seed {seed}")
+            results[seed][name] = evaluate_videos(r.videos, worlds, r.frames_per_clip)
+            videos[seed][name] = r.videos
+            bar.update(1)
+    bar.close()
+    stack.transformer.load_state_dict(base_state)
+    _log(f"rollouts of {len(names)} models x {len(cfg.seeds)} seeds x {ev.num_videos} videos x {ev.num_clips} clips "
+         f"in {time.time() - t0:.0f} s")
+    return {"results": results, "videos": videos}
+
+
+# ------------------------------------------------------------------------------------------------
+# summary, table, plots, videos
+# ------------------------------------------------------------------------------------------------
+CURVES = ("bg_rmse", "col_shift", "objects", "hf_ratio")
+
+
+def summarise(cfg: DictConfig, results: dict, timings: dict) -> dict:
+    from svi.toy.evaluate import LATE_FRACTION, PRIMARY, paired_interval
+
+    names = [BASE, *cfg.models]
+    per_seed = {n: [] for n in names}
+    drift_per_video = {n: [] for n in names}
+    curves = {n: {k: [] for k in CURVES} for n in [*names, "ceiling"]}
+    first_clip = {n: [] for n in names}
+    for seed in cfg.seeds:
+        r = results[seed]
+        for n in names:
+            d = r[n].drift(r["ceiling"])
+            per_seed[n].append(float(np.nanmean(d)))
+            drift_per_video[n].append(d)
+            first_clip[n].append(float(np.nanmean(r[n].per_clip[PRIMARY][:, 0])))
+        for n in [*names, "ceiling"]:
+            for k in CURVES:
+                curves[n][k].append(np.nanmean(r[n].per_clip[k], axis=0))
+    summary = {
+        "metric": f"{PRIMARY}_late_minus_ceiling",
+        "metric_definition": (f"background RMSE (8-bit units) against the true static background, averaged over the "
+                              f"last {LATE_FRACTION:.0%} of the clips, minus the same for the ground truth passed "
+                              f"through the autoencoder (0 = no drift beyond the autoencoder; positive = worse)"),
+        "drift": {k: float(np.mean(v)) for k, v in per_seed.items()},
+        "per_seed": per_seed,
+        "seeds": list(cfg.seeds),
+        "first_clip_bg_rmse": {k: float(np.mean(v)) for k, v in first_clip.items()},
+    }
+    plain = next((n for n in ("plain_lora", "no_erft") if n in names), None)
+    erft = next((n for n in ("erft", "none") if n in names), None)
+    if plain and erft:
+        seeds = {}
+        for i, s in enumerate(cfg.seeds):
+            seeds[str(s)] = paired_interval(drift_per_video[erft][i] - drift_per_video[plain][i])
+        pooled = paired_interval(np.concatenate(drift_per_video[erft]) - np.concatenate(drift_per_video[plain]))
+        summary["paired"] = {"erft_minus_plain": {"pooled": pooled, "per_seed": seeds},
+                             "erft_minus_base": paired_interval(np.concatenate(drift_per_video[erft])
+                                                                - np.concatenate(drift_per_video[BASE])),
+                             "plain_minus_base": paired_interval(np.concatenate(drift_per_video[plain])
+                                                                 - np.concatenate(drift_per_video[BASE]))}
+        summary["ratio_erft_over_plain"] = summary["drift"][erft] / summary["drift"][plain] \
+            if summary["drift"][plain] else None
+        summary["erft_better_on_every_seed"] = all(e < p for e, p in zip(per_seed[erft], per_seed[plain]))
+    summary["curves"] = {n: {k: np.mean(v, axis=0).round(4).tolist() for k, v in c.items()} for n, c in curves.items()}
+    summary["timings_s"] = timings
+    summary["config"] = OmegaConf.to_container(cfg, resolve=True)
+    return summary
+
+
+def drift_table(summary: dict) -> str:
+    names = list(summary["drift"])
+    seeds = summary["seeds"]
+    head = "| model | drift (mean) | " + " | ".join(f"seed {s}" for s in seeds) + " | first-clip bg RMSE |"
+    lines = [head, "|" + "---|" * (3 + len(seeds))]
+    for n in names:
+        lines.append(f"| {n} | {summary['drift'][n]:.2f} | " + " | ".join(f"{v:.2f}" for v in summary["per_seed"][n])
+                     + f" | {summary['first_clip_bg_rmse'][n]:.2f} |")
+    if "paired" in summary:
+        p = summary["paired"]["erft_minus_plain"]
+        lines.append("")
+        lines.append("paired ERFT - plain LoRA (per video; 95% t interval; negative = ERFT drifts less):")
+        for s, iv in p["per_seed"].items():
+            lines.append(f"  seed {s}: {iv['mean']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}]  "
+                         f"({iv['better']}/{iv['n']} videos better)")
+        iv = p["pooled"]
+        lines.append(f"  pooled: {iv['mean']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}]  "
+                     f"({iv['better']}/{iv['n']} videos better)")
+        if summary.get("ratio_erft_over_plain") is not None:
+            lines.append(f"  ratio ERFT / plain drift: {summary['ratio_erft_over_plain']:.2f} "
+                         f"(target <= 0.5); ERFT better on every seed: {summary['erft_better_on_every_seed']}")
+    return "\n".join(lines)
+
+
+def plot_curves(summary: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"bg_rmse": "background RMSE (8-bit) - lower is better", "col_shift": "background colour shift (8-bit)",
+              "objects": "objects present (of 2)", "hf_ratio": "background sharpness (Laplacian ratio, 1 = true)"}
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    for ax, key in zip(axes.flat, CURVES):
+        for name, c in summary["curves"].items():
+            style = dict(color="0.5", ls="--", lw=1) if name == "ceiling" else dict(lw=1.8)
+            ax.plot(np.arange(len(c[key])), c[key], label="autoencoder ceiling" if name == "ceiling" else name, **style)
+        ax.set_title(labels[key], fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("clip")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"drift over time (mean over seeds {summary['seeds']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_side_by_side(videos: dict[str, np.ndarray], folder: Path, num: int, scale: int = 4, fps: int = 16) -> list[Path]:
+    """One mp4 per video: ground truth | base | plain | ERFT, upscaled (nearest) for viewing."""
+    from svi.sampling.media import write_mp4
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(videos)
+    paths = []
+    for i in range(min(num, len(videos[names[0]]))):
+        tiles = []
+        for n in names:
+            v = videos[n][i]
+            v = v.repeat(scale, axis=1).repeat(scale, axis=2)
+            v[:, :, -2:] = 255  # a thin separator
+            tiles.append(v)
+        path = folder / f"video{i:02d}_{'_'.join(names)}.mp4"
+        write_mp4(path, np.concatenate(tiles, axis=2), fps=fps)
+        paths.append(path)
+    return paths
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def run(cfg: DictConfig) -> dict:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    t0 = time.time()
+    _log(f"output: {out}")
+    dirs = {}
+    if cfg.adapters:  # evaluate finished runs (experiments/toy_ablation) instead of fine-tuning here
+        adapters, dirs = adapters_from_runs(cfg.adapters)
+        names = sorted({k[0] for k in adapters}, key=lambda n: list(cfg.ablation_order).index(n)
+                       if n in cfg.ablation_order else 99)
+        OmegaConf.set_struct(cfg, False)
+        cfg.models = {n: [] for n in names}
+        cfg.seeds = sorted({k[1] for k in adapters})
+    else:
+        adapters = run_finetunes(cfg, out)
+    t_train = time.time() - t0
+    evald = evaluate_all(cfg, adapters, out)
+    if cfg.adapters:
+        write_run_metrics(cfg, evald["results"], dirs, out)
+    t_eval = time.time() - t0 - t_train
+    summary = summarise(cfg, evald["results"], {"finetune": round(t_train, 1), "rollout_eval": round(t_eval, 1)})
+    first = cfg.seeds[0]
+    vids = {k: evald["videos"][first][k] for k in ["ground_truth", BASE, *cfg.models]}
+    mp4s = write_side_by_side(vids, out / "videos", int(cfg.num_side_by_side))
+    plot = plot_curves(summary, out / "drift_vs_time.png")
+    summary["timings_s"]["total"] = round(time.time() - t0, 1)
+    summary["files"] = {"plot": str(plot), "videos": [str(p) for p in mp4s]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    table = drift_table(summary)
+    (out / "drift_table.md").write_text(table + "\n")
+    print(f"\nDrift ({summary['metric']}; positive = worse):\n{table}\n")
+    print(f"[svi-demo] summary: {out / 'summary.json'}; plot: {plot}; videos: {out / 'videos'} "
+          f"({len(mp4s)} x [ground truth | base | plain | ERFT]); total {summary['timings_s']['total']:.0f} s")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="demo")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

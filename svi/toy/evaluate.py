@@ -1,0 +1,61 @@
+"""Evaluate toy rollouts: per-clip world metrics, the primary drift number, paired intervals."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from svi.toy.metrics import clip_means, frame_metrics
+
+# The primary drift measure and how to read it. Positive = worse; 0 = as good as the first clip of
+# the ground truth through the autoencoder.
+PRIMARY = "bg_rmse"
+LATE_FRACTION = 1 / 3  # "late" = the last third of the clips
+
+
+@dataclass
+class ModelEval:
+    """Per video x clip metric arrays of one model on one seed's worlds."""
+
+    per_clip: dict[str, np.ndarray]  # metric -> (videos, clips)
+
+    def drift(self, ceiling: "ModelEval", metric: str = PRIMARY) -> np.ndarray:
+        """Per video: mean of `metric` over the late clips minus the autoencoder ceiling's (same clips)."""
+        v, c = self.per_clip[metric], ceiling.per_clip[metric]
+        n = v.shape[1]
+        late = slice(n - max(1, round(n * LATE_FRACTION)), n)
+        return np.nanmean(v[:, late], axis=1) - np.nanmean(c[:, late], axis=1)
+
+
+def evaluate_videos(videos: np.ndarray, worlds: list, frames_per_clip: int) -> ModelEval:
+    """videos uint8 (B, 1 + C*n, H, W, 3) -> metrics of the generated frames (frame 0 = input excluded)."""
+    per: dict[str, list] = {}
+    for video, world in zip(videos, worlds):
+        m = clip_means(frame_metrics(world, video[1:], start=1), frames_per_clip)
+        for k, v in m.items():
+            per.setdefault(k, []).append(v)
+    return ModelEval({k: np.stack(v) for k, v in per.items()})
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student-t quantile via the Cornish-Fisher expansion (error < 1e-3 for df >= 5; no scipy needed)."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(p)
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2) \
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+
+
+def paired_interval(diff: np.ndarray, confidence: float = 0.95) -> dict:
+    """Mean and two-sided t interval of paired differences (one per video)."""
+    d = np.asarray(diff, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    mean = float(d.mean()) if n else float("nan")
+    if n < 2:
+        return {"mean": mean, "low": float("nan"), "high": float("nan"), "n": n, "better": 0}
+    se = float(d.std(ddof=1) / math.sqrt(n))
+    h = t_quantile(0.5 + confidence / 2, n - 1) * se
+    return {"mean": mean, "low": mean - h, "high": mean + h, "n": n, "better": int((d < 0).sum())}

@@ -1,0 +1,111 @@
+"""Drift against the toy world's ground truth and invariants, per generated frame.
+
+The world is its own oracle (`svi.data.toyworld`): for frame t we know the true frame, the true static
+background and where every sprite is. Per frame (8-bit RGB, H x W):
+
+* `bg_rmse`   RMSE to the true background on pixels away from every true sprite (dilated by `margin`);
+              `bg_psnr` is the same in dB. The background never changes, so any error here is drift.
+* `col_shift` L2 distance between the mean background colour generated and true (8-bit units).
+* `hf_ratio`  Laplacian energy of the generated background / the true one (1 = same sharpness;
+              below 1 = blur, above 1 = noise).
+* `objects`   how many of the scene's sprite colours are present: >= `present_fraction` of the true
+              sprite area among pixels within `colour_tol` of that colour. `object_loss` = true count - objects.
+* `speed`     mean centroid speed (px/frame) of the present sprite colours; `gt_speed` the true one.
+* `psnr_gt`   full-frame PSNR against the true continuation (saturates once trajectories diverge).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from svi.data.toyworld import SPRITE_COLOURS, _background, _brightness, _shot_of, render, sprite_centres
+
+FRAME_METRICS = ("bg_rmse", "bg_psnr", "col_shift", "hf_ratio", "objects", "object_loss", "psnr_gt")
+
+
+def _sprite_masks(scene, t: int, height: int, width: int, margin: float = 0.0) -> np.ndarray:
+    """(n_sprites, H, W) bool: pixels within `margin` px of each sprite at frame t."""
+    centres = sprite_centres(scene, [t], height, width)[0]
+    yy, xx = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    out = []
+    for sprite, (cx, cy) in zip(scene.sprites, centres):
+        r = sprite.size * min(height, width)
+        dx, dy = xx - cx, yy - cy
+        dist = np.sqrt(dx * dx + dy * dy) if sprite.shape == "disc" else np.maximum(np.abs(dx), np.abs(dy))
+        out.append(dist <= r + margin)
+    return np.stack(out)
+
+
+def _laplacian_energy(x: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean squared Laplacian response (luma) over `mask` (interior pixels only)."""
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    x = x.float()
+    luma = (x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114).view(1, 1, *x.shape[:2])
+    lap = F.conv2d(luma, k)[0, 0]
+    m = mask[1:-1, 1:-1]
+    return float(lap[m].pow(2).mean()) if m.any() else float("nan")
+
+
+def frame_metrics(world, frames: np.ndarray, start: int, margin: float = 1.5, colour_tol: float = 70.0,
+                  present_fraction: float = 0.3) -> dict[str, np.ndarray]:
+    """frames uint8 (N, H, W, 3) generated for world frames [start, start + N) -> metric arrays (N,) and
+    per-sprite centroids for speeds."""
+    N, H, W, _ = frames.shape
+    truth = render(world, start, N, H, W).astype(np.float64)
+    out = {k: np.full(N, np.nan) for k in FRAME_METRICS}
+    centroids = []
+    for i in range(N):
+        t = start + i
+        scene, local_t, _ = _shot_of(world, t)
+        bg = _background(scene.background, H, W) * _brightness(scene, local_t)
+        bg = np.clip(np.rint(bg), 0, 255)
+        true_masks = _sprite_masks(scene, local_t, H, W)
+        keep = ~_sprite_masks(scene, local_t, H, W, margin).any(axis=0)
+        g = frames[i].astype(np.float64)
+        diff = (g - bg)[keep]
+        rmse = math.sqrt(float((diff ** 2).mean())) if keep.any() else float("nan")
+        out["bg_rmse"][i] = rmse
+        out["bg_psnr"][i] = 20 * math.log10(255.0 / max(rmse, 1e-3))
+        out["col_shift"][i] = float(np.linalg.norm(g[keep].mean(0) - bg[keep].mean(0))) if keep.any() else np.nan
+        gt_keep = torch.from_numpy(keep)
+        hf_true = _laplacian_energy(torch.from_numpy(bg), gt_keep)
+        out["hf_ratio"][i] = _laplacian_energy(torch.from_numpy(g), gt_keep) / max(hf_true, 1e-6)
+        present, cents = 0, []
+        for sprite, m in zip(scene.sprites, true_masks):
+            colour = np.array(SPRITE_COLOURS[sprite.colour], dtype=np.float64)
+            match = np.linalg.norm(g - colour, axis=-1) < colour_tol
+            area = max(int(m.sum()), 1)
+            ok = match.sum() >= present_fraction * area
+            present += int(ok)
+            if ok:
+                ys, xs = np.nonzero(match)
+                cents.append((xs.mean(), ys.mean()))
+            else:
+                cents.append((np.nan, np.nan))
+        centroids.append(cents)
+        out["objects"][i] = present
+        out["object_loss"][i] = len(scene.sprites) - present
+        mse = float(((g - truth[i]) ** 2).mean())
+        out["psnr_gt"][i] = 10 * math.log10(255.0 ** 2 / max(mse, 1e-6))
+    c = np.asarray(centroids, dtype=np.float64)  # (N, n_sprites, 2)
+    step = np.linalg.norm(np.diff(c, axis=0), axis=-1)  # (N-1, n); NaN where a sprite is missing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # frames with no sprite present: NaN speed
+        out["speed"] = np.concatenate([[np.nan], np.nanmean(step, axis=1)]) if N > 1 else np.full(N, np.nan)
+    return out
+
+
+def clip_means(per_frame: dict[str, np.ndarray], frames_per_clip: int) -> dict[str, np.ndarray]:
+    """Average each per-frame metric over consecutive clips of `frames_per_clip` frames -> (num_clips,)."""
+    out = {}
+    for k, v in per_frame.items():
+        n = len(v) // frames_per_clip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[k] = np.nanmean(v[: n * frames_per_clip].reshape(n, frames_per_clip), axis=1)
+    return out

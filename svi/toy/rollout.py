@@ -1,0 +1,87 @@
+"""Batched long rollouts on held-out toy worlds, through the SVI clip sampler's own clip step.
+
+Every video starts from frame 0 of a test world (the Shot reference and the first motion frame) and is
+extended clip by clip exactly as `svi-generate` does it (`SVIClipSampler.sample_clip`: condition from
+the previous clip's last frames, pixel round trip with 8-bit quantisation, fresh noise per clip). The
+noise of clip c is drawn from (noise_seed, c) for the whole batch, so two models rolled out with the
+same seed see identical noise: their differences are paired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from svi.data.toyclips import ToyWorldSpec, heldout_scene_seed, to_tensor
+from svi.data.toyworld import caption, render
+from svi.sampling.media import from_uint8
+from svi.sampling.svi_clip import SVIClipSampler, motion_latent_frames
+
+
+@dataclass
+class Rollout:
+    """videos uint8 (B, 1 + C*(F-K), H, W, 3): frame j is world frame j (frame 0 = the input)."""
+
+    videos: np.ndarray
+    worlds: list
+    frames_per_clip: int  # new frames per clip, F - K
+
+
+def test_worlds(spec: ToyWorldSpec, seed: int, num_videos: int) -> list:
+    """The held-out worlds of evaluation seed `seed` (never drawn by `data=toy`)."""
+    return [spec.world(heldout_scene_seed(10_000 + seed, i)) for i in range(num_videos)]
+
+
+@torch.no_grad()
+def rollout(sampler: SVIClipSampler, worlds: list, num_clips: int, num_frames: int, noise_seed: int,
+            height: int, width: int, batch_size: int = 32, desc: str = "rollout", progress: bool = True) -> Rollout:
+    stack = sampler.stack
+    K = sampler.num_motion_frames
+    new = num_frames - K
+    out = np.zeros((len(worlds), 1 + num_clips * new, height, width, 3), dtype=np.uint8)
+    bar = tqdm(total=num_clips * len(worlds), desc=desc, unit="clip", leave=False, disable=not progress)
+    for b0 in range(0, len(worlds), batch_size):
+        batch = worlds[b0 : b0 + batch_size]
+        B = len(batch)
+        first = np.stack([render(w, 0, 1, height, width)[0] for w in batch])  # (B, H, W, 3)
+        ref = torch.stack([to_tensor(f[None])[:, 0] for f in first])  # (B, 3, H, W)
+        out[b0 : b0 + B, 0] = first
+        text = stack.encode_text([caption(w) for w in batch])
+        motion, prev = ref.unsqueeze(2), None  # first clip: the input image is the motion frame
+        for c in range(num_clips):
+            g = torch.Generator().manual_seed(int(noise_seed) * 1_000_003 + c)
+
+            def noise(shape, g=g, b0=b0):
+                full = torch.randn((b0 + shape[0], *shape[1:]), generator=g)  # same draw per video index
+                return full[b0:]
+
+            x = sampler.sample_clip(motion, ref, num_frames, text, noise,
+                                    prev_latents=prev if sampler.handoff == "latent" else None)
+            video = stack.decode_latents(x)  # (B, 3, F, H, W)
+            frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+            out[b0 : b0 + B, 1 + c * new : 1 + (c + 1) * new] = frames[:, K:]
+            motion = torch.cat([from_uint8(f[-K:]) for f in frames])  # (B, 3, K, H, W): 8-bit round trip
+            prev = x[:, :, -motion_latent_frames(K):]
+            bar.update(B)
+    bar.close()
+    return Rollout(out, list(worlds), new)
+
+
+def ground_truth(worlds: list, num_frames: int, height: int, width: int) -> np.ndarray:
+    """(B, num_frames, H, W, 3) uint8: the true videos."""
+    return np.stack([render(w, 0, num_frames, height, width) for w in worlds])
+
+
+def autoencoder_round_trip(stack, videos: np.ndarray, num_frames: int) -> np.ndarray:
+    """The ceiling: true videos passed through the autoencoder clip by clip (uint8, same layout)."""
+    B, N = videos.shape[:2]
+    out = videos.copy()
+    K, new = 1, num_frames - 1
+    for s in range(1, N - new + 1, new):
+        clip = torch.stack([to_tensor(v[s - K : s + new]) for v in videos])  # (B, 3, F, H, W)
+        rec = stack.decode_latents(stack.encode_video(clip))
+        out[:, s : s + new] = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)[:, K:]
+    return out

@@ -1,0 +1,51 @@
+"""World-invariant drift metrics: exact on the ground truth, and they see what they claim to see."""
+
+import numpy as np
+import pytest
+
+from svi.data.toyclips import ToyWorldSpec, heldout_scene_seed
+from svi.data.toyworld import _background, render
+from svi.toy.evaluate import paired_interval, t_quantile
+from svi.toy.metrics import clip_means, frame_metrics
+
+
+@pytest.fixture
+def world():
+    return ToyWorldSpec().world(heldout_scene_seed(0, 0))
+
+
+def test_ground_truth_scores_perfectly(world):
+    frames = render(world, 1, 16, 32, 32)
+    m = frame_metrics(world, frames, start=1)
+    assert np.all(m["bg_rmse"] < 1.0)  # only 8-bit rounding
+    assert np.all(m["col_shift"] < 0.5)
+    assert np.all(m["objects"] == 2) and np.all(m["object_loss"] == 0)
+    assert np.allclose(m["hf_ratio"], 1.0, atol=0.05)
+    c = clip_means(m, 8)
+    assert c["objects"].shape == (2,)
+
+
+def test_metrics_detect_colour_shift_lost_objects_and_blur(world):
+    frames = render(world, 1, 8, 32, 32).astype(np.int16)
+    shifted = np.clip(frames + 20, 0, 255).astype(np.uint8)
+    m = frame_metrics(world, shifted, start=1)
+    assert np.allclose(m["col_shift"], 20 * np.sqrt(3), atol=2.0)
+    assert np.all(m["bg_rmse"] > 15)
+    # sprites erased: the true background only
+    bg = np.clip(np.rint(_background(world.background, 32, 32)), 0, 255).astype(np.uint8)
+    empty = np.repeat(bg[None], 8, axis=0)
+    m = frame_metrics(world, empty, start=1)
+    assert np.all(m["objects"] == 0) and np.all(m["object_loss"] == 2)
+    assert np.all(m["bg_rmse"] < 1.0)
+    # a flat (blurred-out) background has no high frequencies left
+    flat = np.broadcast_to(bg.reshape(-1, 3).mean(0).astype(np.uint8), empty.shape).copy()
+    assert np.all(frame_metrics(world, flat, start=1)["hf_ratio"] < 0.05)
+
+
+def test_paired_interval_and_t_quantile():
+    assert abs(t_quantile(0.975, 10) - 2.228) < 5e-3
+    assert abs(t_quantile(0.975, 47) - 2.012) < 2e-3
+    iv = paired_interval(np.array([-1.0, -2.0, -3.0, -2.0]))
+    assert iv["mean"] == -2.0 and iv["high"] < 0 < -iv["low"] and iv["better"] == 4 and iv["n"] == 4
+    iv = paired_interval(np.array([1.0, -1.0, 1.0, -1.0]))
+    assert iv["low"] < 0 < iv["high"]
