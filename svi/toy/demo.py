@@ -9,7 +9,7 @@
 
     svi-demo                                   # the default: 3 seeds x (plain, ERFT), 30 clips
     svi-demo seeds=[0] eval.num_videos=4       # a quick look
-    svi-demo models.erft='[ablation=none,injection.p_clean=0.5]'   # any svi-train override per model
+    svi-demo "models.erft=['ablation=none','injection.p_clean=0.5']"   # any svi-train override per model
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def evaluate_all(cfg: DictConfig, adapters: dict[tuple[str, int], Path], out: Pa
     from svi.backbones.toy import load_toy_base
     from svi.data.toyclips import ToyWorldSpec
     from svi.toy.evaluate import evaluate_videos
-    from svi.toy.rollout import autoencoder_round_trip, ground_truth, rollout, test_worlds
+    from svi.toy.rollout import autoencoder_round_trip, ground_truth, rollout, heldout_worlds
 
     stack = load_toy_base(cfg.base)
     base_state = {k: v.clone() for k, v in stack.transformer.state_dict().items()}
@@ -165,7 +165,7 @@ def evaluate_all(cfg: DictConfig, adapters: dict[tuple[str, int], Path], out: Pa
     t0 = time.time()
     bar = tqdm(total=len(cfg.seeds) * len(names), desc="rollouts", unit="model")
     for seed in cfg.seeds:
-        worlds = test_worlds(spec, int(seed), int(ev.num_videos))
+        worlds = heldout_worlds(spec, int(seed), int(ev.num_videos))
         n_frames = 1 + int(ev.num_clips) * (F - 1)
         truth = ground_truth(worlds, n_frames, spec.height, spec.width)
         ceiling = autoencoder_round_trip(stack, truth, F)

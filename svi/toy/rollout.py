@@ -30,7 +30,7 @@ class Rollout:
     frames_per_clip: int  # new frames per clip, F - K
 
 
-def test_worlds(spec: ToyWorldSpec, seed: int, num_videos: int) -> list:
+def heldout_worlds(spec: ToyWorldSpec, seed: int, num_videos: int) -> list:
     """The held-out worlds of evaluation seed `seed` (never drawn by `data=toy`)."""
     return [spec.world(heldout_scene_seed(10_000 + seed, i)) for i in range(num_videos)]
 

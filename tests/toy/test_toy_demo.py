@@ -35,7 +35,7 @@ def test_demo_writes_summary_plot_and_videos(toy_base_dir, tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "svi.toy.demo", f"base={toy_base_dir}", "steps=3", "seeds=[0,1]",
                            "eval.num_videos=2", "eval.num_clips=2", "eval.num_inference_steps=2", "num_side_by_side=1",
-                           "train_overrides=[data.batch_size=2]", f"hydra.run.dir={out}"],
+                           "train_overrides=['data.batch_size=2']", f"hydra.run.dir={out}"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

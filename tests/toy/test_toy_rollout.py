@@ -8,7 +8,7 @@ from svi.data.toyclips import ToyWorldSpec
 from svi.data.toyworld import render
 from svi.sampling.svi_clip import SVIClipSampler
 from svi.toy.evaluate import evaluate_videos
-from svi.toy.rollout import autoencoder_round_trip, ground_truth, rollout, test_worlds
+from svi.toy.rollout import autoencoder_round_trip, ground_truth, rollout, heldout_worlds
 
 
 def _sampler(stack, handoff="pixel"):
@@ -18,7 +18,7 @@ def _sampler(stack, handoff="pixel"):
 
 
 def test_rollout_layout_determinism_and_pairing(toy_stack):
-    worlds = test_worlds(ToyWorldSpec(), seed=0, num_videos=2)
+    worlds = heldout_worlds(ToyWorldSpec(), seed=0, num_videos=2)
     s = _sampler(toy_stack)
     a = rollout(s, worlds, num_clips=2, num_frames=9, noise_seed=0, height=32, width=32, progress=False)
     assert a.videos.shape == (2, 1 + 2 * 8, 32, 32, 3) and a.frames_per_clip == 8
@@ -35,7 +35,7 @@ def test_rollout_layout_determinism_and_pairing(toy_stack):
 
 
 def test_ground_truth_through_the_autoencoder_is_the_ceiling(toy_stack):
-    worlds = test_worlds(ToyWorldSpec(), seed=0, num_videos=2)
+    worlds = heldout_worlds(ToyWorldSpec(), seed=0, num_videos=2)
     truth = ground_truth(worlds, 17, 32, 32)
     ceiling = autoencoder_round_trip(toy_stack, truth, 9)
     assert ceiling.shape == truth.shape and np.array_equal(ceiling[:, 0], truth[:, 0])
