@@ -1,8 +1,8 @@
 """A fixed linear patch autoencoder behind the `AutoencoderKLWan` interface (the toy world's "VAE").
 
 Why not a trained `AutoencoderKLWan`: at the toy scale (32x32 frames) Wan's 8x spatial compression
-leaves a 4x4 latent, and a tiny causal 3D conv VAE trained from scratch on 2 CPU cores does not reach
-a usable reconstruction in the minutes the toy budget allows (docs/toy_results.md has the numbers).
+leaves a 4x4 latent, and a causal 3D conv VAE trained from scratch costs minutes of the 2-core budget
+before the DiT even starts (`benchmarks/toy_autoencoder.py` compares the two; docs/toy_results.md).
 This autoencoder keeps everything the rest of the code relies on and fits in a fraction of a second:
 
 * Wan's causal temporal layout: latent frame 0 <- pixel frame 0, latent frame k >= 1 <- pixel frames
