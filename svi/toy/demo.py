@@ -76,15 +76,14 @@ def adapters_from_runs(pattern: str) -> tuple[dict[tuple[str, int], Path], dict[
 
 def write_run_metrics(cfg: DictConfig, results: dict, dirs: dict[tuple[str, int], Path], out: Path) -> None:
     """One metrics.json per evaluated run (svi-table reads its `summary`); the base gets its own folders."""
-    from svi.toy.evaluate import PRIMARY
+    from svi.toy.evaluate import PRIMARY, late_clips
 
     for seed, r in results.items():
         for name, ev in r.items():
             if name == "ceiling":
                 continue
             d = ev.drift(r["ceiling"])
-            n = ev.per_clip[PRIMARY].shape[1]
-            late = slice(n - max(1, round(n / 3)), n)
+            late = late_clips(ev.per_clip[PRIMARY].shape[1])
             summary = {"drift": float(np.nanmean(d)),
                        "bg_rmse_first": float(np.nanmean(ev.per_clip[PRIMARY][:, 0])),
                        "bg_rmse_late": float(np.nanmean(ev.per_clip[PRIMARY][:, late])),

@@ -15,6 +15,11 @@ PRIMARY = "bg_rmse"
 LATE_FRACTION = 1 / 3  # "late" = the last third of the clips
 
 
+def late_clips(num_clips: int) -> slice:
+    """The clips the drift is read from: the last `LATE_FRACTION` of them (at least one)."""
+    return slice(num_clips - max(1, round(num_clips * LATE_FRACTION)), num_clips)
+
+
 @dataclass
 class ModelEval:
     """Per video x clip metric arrays of one model on one seed's worlds."""
@@ -24,8 +29,7 @@ class ModelEval:
     def drift(self, ceiling: "ModelEval", metric: str = PRIMARY) -> np.ndarray:
         """Per video: mean of `metric` over the late clips minus the autoencoder ceiling's (same clips)."""
         v, c = self.per_clip[metric], ceiling.per_clip[metric]
-        n = v.shape[1]
-        late = slice(n - max(1, round(n * LATE_FRACTION)), n)
+        late = late_clips(v.shape[1])
         return np.nanmean(v[:, late], axis=1) - np.nanmean(c[:, late], axis=1)
 
 

@@ -59,10 +59,13 @@ def frame_metrics(world, frames: np.ndarray, start: int, margin: float = 1.5, co
     truth = render(world, start, N, H, W).astype(np.float64)
     out = {k: np.full(N, np.nan) for k in FRAME_METRICS}
     centroids = []
+    backgrounds: dict[int, np.ndarray] = {}
     for i in range(N):
         t = start + i
-        scene, local_t, _ = _shot_of(world, t)
-        bg = _background(scene.background, H, W) * _brightness(scene, local_t)
+        scene, local_t, shot = _shot_of(world, t)
+        if shot not in backgrounds:  # the texture is static per shot: render it once
+            backgrounds[shot] = _background(scene.background, H, W)
+        bg = backgrounds[shot] * _brightness(scene, local_t)
         bg = np.clip(np.rint(bg), 0, 255)
         true_masks = _sprite_masks(scene, local_t, H, W)
         keep = ~_sprite_masks(scene, local_t, H, W, margin).any(axis=0)
