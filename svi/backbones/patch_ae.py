@@ -28,16 +28,28 @@ from torch import Tensor, nn
 TEMPORAL = 4  # Wan's temporal compression
 
 
+def _pca(v: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k principal axes (k, d) with deterministic signs, and the mean (d,), of rows v (n, d)."""
+    mean = v.mean(dim=0)
+    cov = (v - mean).T @ (v - mean) / max(len(v) - 1, 1)
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    comps = evecs[:, evals.argsort(descending=True)[:k]].T
+    return comps * torch.sign(comps.sum(dim=1, keepdim=True) + 1e-12), mean
+
+
 class PatchAutoencoder(ModelMixin, ConfigMixin):
     """Linear (PCA) patch autoencoder with Wan's latent layout. Fit with `fit(videos)`."""
 
     @register_to_config
-    def __init__(self, z_dim: int = 16, patch_size: int = 2, in_channels: int = 3,
+    def __init__(self, z_dim: int = 16, patch_size: int = 2, in_channels: int = 3, frame_separable: bool = False,
                  latents_mean: list[float] | None = None, latents_std: list[float] | None = None):
         super().__init__()
         d = TEMPORAL * patch_size * patch_size * in_channels
         if z_dim > d:
             raise ValueError(f"z_dim={z_dim} exceeds the patch volume {d} (4 frames x {patch_size}^2 x {in_channels})")
+        if frame_separable and z_dim % TEMPORAL:
+            raise ValueError(f"a frame-separable autoencoder needs z_dim divisible by {TEMPORAL} "
+                             f"(z_dim / 4 coefficients per frame), got {z_dim}")
         # Fixed (fitted, never trained) maps, saved with the model.
         self.components = nn.Parameter(torch.zeros(z_dim, d), requires_grad=False)  # rows: principal axes
         self.offset = nn.Parameter(torch.zeros(d), requires_grad=False)  # patch mean
@@ -68,14 +80,21 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
     # -- fitting ---------------------------------------------------------------------------
     @torch.no_grad()
     def fit(self, videos: Tensor) -> "PatchAutoencoder":
-        """PCA on the patches of `videos` (N, C, F, H, W) in [-1, 1]; sets the latent statistics."""
+        """PCA on the patches of `videos` (N, C, F, H, W) in [-1, 1]; sets the latent statistics.
+
+        `frame_separable`: one PCA basis of single-frame p x p patches (z_dim / 4 coefficients), applied
+        to each of the 4 frames of a latent patch (a block-diagonal map), so a moving object stays a
+        translated shape in the latent instead of a temporal pattern.
+        """
         v, _ = self._patches(videos.float())
         v = v.reshape(-1, v.shape[-1]).double()
-        mean = v.mean(dim=0)
-        cov = (v - mean).T @ (v - mean) / max(len(v) - 1, 1)
-        evals, evecs = torch.linalg.eigh(cov)  # ascending
-        comps = evecs[:, evals.argsort(descending=True)[: self.config.z_dim]].T  # (z, d)
-        comps = comps * torch.sign(comps.sum(dim=1, keepdim=True) + 1e-12)  # deterministic signs
+        if self.config.frame_separable:
+            per_frame = v.reshape(-1, v.shape[-1] // TEMPORAL)  # (n * 4, p*p*C)
+            comps1, mean1 = _pca(per_frame, self.config.z_dim // TEMPORAL)
+            comps = torch.block_diag(*[comps1] * TEMPORAL)  # (z, d): frame-major, like the patch vector
+            mean = mean1.repeat(TEMPORAL)
+        else:
+            comps, mean = _pca(v, self.config.z_dim)
         self.components.data.copy_(comps.float())
         self.offset.data.copy_(mean.float())
         z = (v - mean) @ comps.T  # (n, z)

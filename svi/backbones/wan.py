@@ -297,9 +297,11 @@ def load_wan_dir(
         crop = proc.get("crop_size", size)
         size = crop["height"] if isinstance(crop, dict) else int(crop)
         mean, std = tuple(proc.get("image_mean", mean)), tuple(proc.get("image_std", std))
-    if dit.config.in_channels != 36:
+    z = dit.config.out_channels
+    if dit.config.in_channels != 2 * z + 4:
         raise ValueError(f"{root}/transformer has in_channels={dit.config.in_channels}; SVI needs an I2V "
-                         f"transformer with 36 input channels (16 noisy + 4 mask + 16 condition)")
+                         f"transformer with 2 x {z} + 4 input channels ({z} noisy + 4 mask + {z} condition; "
+                         f"36 for Wan 2.1)")
     stack = WanStack(dit, vae, enc, tok, clip, image_size=size, image_mean=mean, image_std=std, text_len=text_len)
     return _check_dims(stack.eval(), dims)
 

@@ -1,6 +1,7 @@
 """The ERFT method in pure torch: injection, error recycling, and the replay memory."""
 
-from svi.erft.injection import Injection, InjectionConfig, draw_injection, gate_on_memory, inject, sample_errors
+from svi.erft.injection import (Injection, InjectionConfig, draw_injection, gate_on_memory, img_buckets, inject,
+                                sample_errors)
 from svi.erft.recycling import StepResult, bidirectional_errors, erft_step, recycle_target
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "draw_injection",
     "erft_step",
     "gate_on_memory",
+    "img_buckets",
     "inject",
     "recycle_target",
     "sample_errors",

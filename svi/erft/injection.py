@@ -30,6 +30,7 @@ class InjectionConfig:
     clean_buffer_update_prob: float = 0.1  # store errors of clean samples only this often
     y_error_num: int = 3  # latent frames of the condition that receive E_img (1 = last-frame option)
     error_modulate_factor: float = 0.0  # f: each error scaled by U(1-f, 1+f); 0 officially
+    img_max_sigma: float = 1.0  # E_img only from buckets with sigma <= this (1.0 = all buckets, official)
 
     def __post_init__(self) -> None:
         for name in ("p_noi", "p_vid", "p_img", "p_clean", "clean_buffer_update_prob"):
@@ -38,6 +39,8 @@ class InjectionConfig:
                 raise ValueError(f"injection.{name} must be a probability in [0, 1], got {value}")
         if self.y_error_num < 1:
             raise ValueError(f"injection.y_error_num must be >= 1, got {self.y_error_num}")
+        if not 0.0 < self.img_max_sigma <= 1.0:
+            raise ValueError(f"injection.img_max_sigma must be in (0, 1], got {self.img_max_sigma}")
         if not 0.0 <= self.error_modulate_factor < 1.0:
             raise ValueError(f"injection.error_modulate_factor must be in [0, 1), got {self.error_modulate_factor}")
 
@@ -66,14 +69,26 @@ def draw_injection(cfg: InjectionConfig, batch_size: int, generator: torch.Gener
     return Injection(vid=vid & ~clean, noi=noi & ~clean, img=img & ~clean)
 
 
-def gate_on_memory(inj: Injection, memory, grid: Tensor) -> Injection:
-    """Drop injections whose bank has nothing to give (the bucket for E_vid/E_noi, any entry for E_img)."""
+def img_buckets(cfg: InjectionConfig, grid_sigmas: Tensor) -> Tensor | None:
+    """Bucket indices E_img may come from (sigma_n <= img_max_sigma), or None for all buckets."""
+    if cfg.img_max_sigma >= 1.0:
+        return None
+    allowed = (grid_sigmas.cpu() <= cfg.img_max_sigma + 1e-6).nonzero().flatten()
+    if allowed.numel() == 0:
+        raise ValueError(f"injection.img_max_sigma={cfg.img_max_sigma} is below every grid sigma "
+                         f"(smallest {float(grid_sigmas.min()):.3f})")
+    return allowed
+
+
+def gate_on_memory(inj: Injection, memory, grid: Tensor, img_from: Tensor | None = None) -> Injection:
+    """Drop injections whose bank has nothing to give (the bucket for E_vid/E_noi, any allowed entry for E_img)."""
     if memory is None:
         off = torch.zeros_like(inj.vid)
         return Injection(vid=off, noi=off.clone(), img=off.clone())
     vid_ok = memory.vid.nonempty_mask[grid.cpu()]  # (B,)
     noi_ok = memory.noi.nonempty_mask[grid.cpu()]
-    any_ok = torch.full_like(inj.img, len(memory.vid) > 0)
+    has_img = len(memory.vid) > 0 if img_from is None else bool(memory.vid.nonempty_mask[img_from].any())
+    any_ok = torch.full_like(inj.img, has_img)
     return Injection(vid=inj.vid & vid_ok, noi=inj.noi & noi_ok, img=inj.img & any_ok)
 
 
@@ -91,10 +106,12 @@ def sample_errors(
     like: Tensor,
     cfg: InjectionConfig,
     generator: torch.Generator | None = None,
+    img_from: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Draw E_vid, E_noi (B, C, T, h, w) and E_img (B, C, y_error_num, h, w); zeros where not injected.
 
-    `like` is the clean latent batch (B, C, T, h, w): it fixes shape, dtype and device.
+    `like` is the clean latent batch (B, C, T, h, w): it fixes shape, dtype and device. `img_from`:
+    the bucket indices E_img may come from (`img_buckets`), None for all.
     """
     B, C, T, h, w = like.shape
     n = cfg.y_error_num
@@ -110,7 +127,7 @@ def sample_errors(
         if inj.noi[i]:
             e_noi[i] = _modulate(memory.noi.sample(bucket, generator), cfg.error_modulate_factor, generator)
         if inj.img[i]:
-            e = memory.vid.sample_any(generator)  # (C, T_e, h, w), from any bucket
+            e = memory.vid.sample_any(generator, img_from)  # (C, T_e, h, w), from any (allowed) bucket
             start = int(torch.randint(0, e.shape[1] - n + 1, (), generator=generator))
             e_img[i] = _modulate(e[:, start : start + n], cfg.error_modulate_factor, generator)
     e_vid, e_noi, e_img = (t.to(device=like.device, dtype=like.dtype) for t in (e_vid, e_noi, e_img))

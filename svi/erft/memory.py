@@ -362,13 +362,16 @@ class ErrorBank:
             raise RuntimeError(f"cannot sample from empty bucket {bucket}")
         return self._read(bk, _randint(bk.count, generator))
 
-    def sample_any(self, generator: torch.Generator | None = None) -> Tensor:
-        """Uniform over all stored entries (a full bucket is proportionally more likely than a sparse one)."""
-        total = len(self)
+    def sample_any(self, generator: torch.Generator | None = None, buckets=None) -> Tensor:
+        """Uniform over all stored entries (a full bucket is proportionally more likely than a sparse one),
+        or over the entries of `buckets` (bucket indices) only."""
+        pool = self._buckets if buckets is None else [self._buckets[self._check_bucket(int(b))] for b in buckets]
+        total = sum(bk.count for bk in pool)
         if total == 0:
-            raise RuntimeError("cannot sample from an empty error bank")
+            raise RuntimeError("cannot sample from an empty error bank" if buckets is None
+                               else "cannot sample: the allowed buckets of the error bank are empty")
         idx = _randint(total, generator)
-        for bk in self._buckets:
+        for bk in pool:
             if idx < bk.count:
                 return self._read(bk, idx)
             idx -= bk.count

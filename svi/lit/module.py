@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from svi.backbones.lora import LoraSpec, attach_lora
 from svi.config import as_dataclass
-from svi.erft import InjectionConfig, draw_injection, erft_step, gate_on_memory, sample_errors
+from svi.erft import InjectionConfig, draw_injection, erft_step, gate_on_memory, img_buckets, sample_errors
 from svi.flow import (FlowConfig, inference_sigmas, loss_weights, nearest_grid_index, to_timesteps,
                       training_sigmas)
 from svi.lit.cadence import logs_this_step
@@ -118,8 +118,9 @@ class ERFTModule(L.LightningModule):
         grid = nearest_grid_index(to_timesteps(sigma), self.grid_timesteps.cpu())  # (B,) bucket n
         noise = torch.randn(x0.shape, generator=g).to(dev)
 
-        inj = gate_on_memory(draw_injection(self.injection, B, g), self.error_memory, grid)
-        e_vid, e_noi, e_img = sample_errors(self.error_memory, grid, inj, x0, self.injection, g)
+        img_from = img_buckets(self.injection, self.grid_timesteps / 1000.0)
+        inj = gate_on_memory(draw_injection(self.injection, B, g), self.error_memory, grid, img_from)
+        e_vid, e_noi, e_img = sample_errors(self.error_memory, grid, inj, x0, self.injection, g, img_from)
 
         t = to_timesteps(sigma).to(dev)
         text, image = b["text"], b.get("image")

@@ -15,16 +15,33 @@ def _psnr(a, b):
 def test_patch_autoencoder_has_wan_layout_and_reconstructs_held_out_clips(toy_stack):
     videos = toy_videos(4, 17, seed=3, split=TEST)  # scenes never used for fitting
     z = toy_stack.encode_video(videos)
-    assert z.shape == (4, 16, 5, 16, 16)  # 1 + (17-1)/4 latent frames, /2 spatially
+    assert z.shape == (4, 64, 5, 8, 8)  # 1 + (17-1)/4 latent frames, /4 spatially, 4 frames x 16 coefficients
     # normalised latents: roughly zero-mean, unit-variance per channel
     assert z.mean().abs() < 0.3 and 0.5 < z.std() < 1.5
     rec = toy_stack.decode_latents(z)
     assert rec.shape == videos.shape
-    assert _psnr(rec, videos) > 30.0
+    assert _psnr(rec, videos) > 28.5
     # causal layout: latent frame 0 depends only on pixel frame 0
     other = videos.clone()
     other[:, :, 1:] = 0
     assert torch.allclose(toy_stack.encode_video(other)[:, :, 0], z[:, :, 0], atol=1e-5)
+
+
+def test_frame_separable_autoencoder_codes_each_frame_alone():
+    videos = toy_videos(8, 9, seed=0)
+    ae = PatchAutoencoder(z_dim=64, patch_size=4, frame_separable=True).fit(videos)
+    # block-diagonal: channels 16f..16f+15 of a latent frame read pixel frame f of its 4 only
+    blocks = ae.components.view(4, 16, 4, 48)
+    off = [blocks[i, :, j].abs().max() for i in range(4) for j in range(4) if i != j]
+    assert max(off) == 0 and all(blocks[i, :, i].abs().max() > 0 for i in range(4))
+    # so a frame moved in time moves its code: swapping pixel frames 1 and 2 swaps their channel blocks
+    z = ae.encode(videos).latent_dist.mode()
+    swapped = videos.clone()
+    swapped[:, :, [1, 2]] = videos[:, :, [2, 1]]
+    zs = ae.encode(swapped).latent_dist.mode()
+    assert torch.allclose(zs[:, 0:16, 1], z[:, 16:32, 1], atol=1e-5)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        PatchAutoencoder(z_dim=30, patch_size=4, frame_separable=True)
 
 
 def test_patch_autoencoder_rejects_bad_frame_counts():
@@ -38,8 +55,8 @@ def test_saved_toy_stack_loads_through_the_real_path(toy_stack, toy_base_dir):
     assert type(loaded.vae).__name__ == "PatchAutoencoder"
     video = toy_videos(2, 9, seed=1, split=TEST)
     assert torch.allclose(loaded.encode_video(video), toy_stack.encode_video(video), atol=1e-5)
-    x = torch.randn(2, 16, 3, 16, 16)
-    y = torch.randn(2, 20, 3, 16, 16)
+    x = torch.randn(2, 64, 3, 8, 8)
+    y = torch.randn(2, 68, 3, 8, 8)
     text = loaded.encode_text(["a red disc", "a blue square"])
     assert torch.allclose(text, toy_stack.encode_text(["a red disc", "a blue square"]), atol=1e-6)
     t = torch.full((2,), 500.0)

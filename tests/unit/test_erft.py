@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from svi.erft import (Injection, InjectionConfig, bidirectional_errors, draw_injection, erft_step, gate_on_memory,
-                      inject, recycle_target, sample_errors)
+                      img_buckets, inject, recycle_target, sample_errors)
 from svi.erft.memory import ReplayMemory
 from svi.flow import add_noise
 
@@ -157,6 +157,27 @@ def test_image_error_comes_from_all_buckets_as_a_temporal_window():
         sources.add(int(frames[0]) // 100)
     assert starts == {0, 1, 2}  # every window position of a 5-frame error
     assert sources == {0, 1}  # bucket 20 is empty, yet both stored buckets are used
+
+
+def test_image_error_can_be_restricted_to_low_noise_buckets():
+    from svi.flow import inference_sigmas
+
+    sigmas = inference_sigmas(50, 3.0)  # descending: bucket 0 is the noisiest
+    cfg = InjectionConfig(img_max_sigma=0.5)
+    allowed = img_buckets(cfg, sigmas)
+    assert allowed.tolist() == [n for n in range(50) if sigmas[n] <= 0.5] and 0 < len(allowed) < 50
+    assert img_buckets(InjectionConfig(), sigmas) is None  # 1.0: every bucket (official)
+    mem = _memory_with({0: [1.0], 49: [49.0]}, {})  # a high-noise and a low-noise error
+    inj = Injection(vid=torch.zeros(1, dtype=torch.bool), noi=torch.zeros(1, dtype=torch.bool),
+                    img=torch.ones(1, dtype=torch.bool))
+    g = torch.Generator().manual_seed(0)
+    drawn = {int(sample_errors(mem, torch.tensor([0]), inj, torch.zeros(1, 16, 5, 4, 4), cfg, g, allowed)[2][0, 0, 0, 0, 0])
+             for _ in range(50)}
+    assert drawn == {49}
+    only_high = _memory_with({0: [1.0]}, {})  # nothing in the allowed buckets: E_img is gated off
+    assert not gate_on_memory(inj, only_high, torch.tensor([0]), allowed).img.any()
+    with pytest.raises(ValueError, match="img_max_sigma"):
+        InjectionConfig(img_max_sigma=0.0)
 
 
 def test_error_modulation_scales_within_range():
