@@ -32,7 +32,7 @@ test-fast: install  ## the fast tests only
 demo: install  ## the main job: toy-scale SVI (plain LoRA vs ERFT from the shipped toy base, drift measured; ~10 min)
 	$(VENV)/bin/svi-demo $(ARGS)
 
-toy-base: install  ## retrain the shipped toy base model into svi/assets/toy_base (~20 min on 2 cores)
+toy-base: install  ## retrain the shipped toy base model into svi/assets/toy_base (~12 min on 2 cores)
 	$(VENV)/bin/svi-train experiment=toy_pretrain callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base $(ARGS)
 
 train: install  ## svi-train with ARGS="experiment=... ..."
