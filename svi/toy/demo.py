@@ -165,10 +165,11 @@ def evaluate_all(cfg: DictConfig, adapters: dict[tuple[str, int], Path], out: Pa
     bar = tqdm(total=len(cfg.seeds) * len(names), desc="rollouts", unit="model")
     for seed in cfg.seeds:
         worlds = heldout_worlds(spec, int(seed), int(ev.num_videos))
-        n_frames = 1 + int(ev.num_clips) * (F - 1)
+        K = int(sampler.num_motion_frames)
+        n_frames = F + (int(ev.num_clips) - 1) * (F - K)  # the first clip starts from one input frame
         truth = ground_truth(worlds, n_frames, spec.height, spec.width)
         ceiling = autoencoder_round_trip(stack, truth, F)
-        results[seed] = {"ceiling": evaluate_videos(ceiling, worlds, F - 1)}
+        results[seed] = {"ceiling": evaluate_videos(ceiling, worlds, F - K)}
         videos[seed] = {"ground_truth": truth}
         for name in names:
             stack.transformer.load_state_dict(base_state)
@@ -200,6 +201,7 @@ def summarise(cfg: DictConfig, results: dict, timings: dict) -> dict:
     drift_per_video = {n: [] for n in names}
     curves = {n: {k: [] for k in CURVES} for n in [*names, "ceiling"]}
     first_clip = {n: [] for n in names}
+    objects = {n: [] for n in names}
     for seed in cfg.seeds:
         r = results[seed]
         for n in names:
@@ -207,6 +209,7 @@ def summarise(cfg: DictConfig, results: dict, timings: dict) -> dict:
             per_seed[n].append(float(np.nanmean(d)))
             drift_per_video[n].append(d)
             first_clip[n].append(float(np.nanmean(r[n].per_clip[PRIMARY][:, 0])))
+            objects[n].append(float(np.nanmean(r[n].per_clip["objects"])))
         for n in [*names, "ceiling"]:
             for k in CURVES:
                 curves[n][k].append(np.nanmean(r[n].per_clip[k], axis=0))
@@ -219,6 +222,8 @@ def summarise(cfg: DictConfig, results: dict, timings: dict) -> dict:
         "per_seed": per_seed,
         "seeds": list(cfg.seeds),
         "first_clip_bg_rmse": {k: float(np.mean(v)) for k, v in first_clip.items()},
+        # identity: sprites still present (colour-matched), averaged over all clips and seeds (GT: the sprite count)
+        "objects_present_mean": {k: float(np.mean(v)) for k, v in objects.items()},
     }
     plain = next((n for n in ("plain_lora", "no_erft") if n in names), None)
     erft = next((n for n in ("erft", "none") if n in names), None)
@@ -244,11 +249,13 @@ def summarise(cfg: DictConfig, results: dict, timings: dict) -> dict:
 def drift_table(summary: dict) -> str:
     names = list(summary["drift"])
     seeds = summary["seeds"]
-    head = "| model | drift (mean) | " + " | ".join(f"seed {s}" for s in seeds) + " | first-clip bg RMSE |"
-    lines = [head, "|" + "---|" * (3 + len(seeds))]
+    objects = summary.get("objects_present_mean", {})
+    head = ("| model | drift (mean) | " + " | ".join(f"seed {s}" for s in seeds)
+            + " | first-clip bg RMSE | objects present (all clips) |")
+    lines = [head, "|" + "---|" * (4 + len(seeds))]
     for n in names:
         lines.append(f"| {n} | {summary['drift'][n]:.2f} | " + " | ".join(f"{v:.2f}" for v in summary["per_seed"][n])
-                     + f" | {summary['first_clip_bg_rmse'][n]:.2f} |")
+                     + f" | {summary['first_clip_bg_rmse'][n]:.2f} | {objects.get(n, float('nan')):.2f} |")
     if "paired" in summary:
         p = summary["paired"]["erft_minus_plain"]
         lines.append("")

@@ -23,7 +23,7 @@ from svi.sampling.svi_clip import SVIClipSampler, motion_latent_frames
 
 @dataclass
 class Rollout:
-    """videos uint8 (B, 1 + C*(F-K), H, W, 3): frame j is world frame j (frame 0 = the input)."""
+    """videos uint8 (B, F + (C-1)*(F-K), H, W, 3): frame j is world frame j (frame 0 = the input)."""
 
     videos: np.ndarray
     worlds: list
@@ -41,7 +41,8 @@ def rollout(sampler: SVIClipSampler, worlds: list, num_clips: int, num_frames: i
     stack = sampler.stack
     K = sampler.num_motion_frames
     new = num_frames - K
-    out = np.zeros((len(worlds), 1 + num_clips * new, height, width, 3), dtype=np.uint8)
+    # The first clip has the input image as its single motion frame, so it adds F - 1 frames; later clips F - K.
+    out = np.zeros((len(worlds), num_frames + (num_clips - 1) * new, height, width, 3), dtype=np.uint8)
     bar = tqdm(total=num_clips * len(worlds), desc=desc, unit="clip", leave=False, disable=not progress)
     for b0 in range(0, len(worlds), batch_size):
         batch = worlds[b0 : b0 + batch_size]
@@ -51,6 +52,7 @@ def rollout(sampler: SVIClipSampler, worlds: list, num_clips: int, num_frames: i
         out[b0 : b0 + B, 0] = first
         text = stack.encode_text([caption(w) for w in batch])
         motion, prev = ref.unsqueeze(2), None  # first clip: the input image is the motion frame
+        pos = 1  # next world frame to fill
         for c in range(num_clips):
             g = torch.Generator().manual_seed(int(noise_seed) * 1_000_003 + c)
 
@@ -62,7 +64,9 @@ def rollout(sampler: SVIClipSampler, worlds: list, num_clips: int, num_frames: i
                                     prev_latents=prev if sampler.handoff == "latent" else None)
             video = stack.decode_latents(x)  # (B, 3, F, H, W)
             frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
-            out[b0 : b0 + B, 1 + c * new : 1 + (c + 1) * new] = frames[:, K:]
+            k = motion.shape[2]
+            out[b0 : b0 + B, pos : pos + num_frames - k] = frames[:, k:]
+            pos += num_frames - k
             motion = torch.cat([from_uint8(f[-K:]) for f in frames])  # (B, 3, K, H, W): 8-bit round trip
             prev = x[:, :, -motion_latent_frames(K):]
             bar.update(B)
@@ -80,7 +84,10 @@ def autoencoder_round_trip(stack, videos: np.ndarray, num_frames: int) -> np.nda
     B, N = videos.shape[:2]
     out = videos.copy()
     K, new = 1, num_frames - 1
-    for s in range(1, N - new + 1, new):
+    starts = list(range(1, N - new + 1, new))
+    if starts and starts[-1] + new < N:  # a tail shorter than a clip: one more clip, aligned to the end
+        starts.append(N - new)
+    for s in starts:
         clip = torch.stack([to_tensor(v[s - K : s + new]) for v in videos])  # (B, 3, F, H, W)
         rec = stack.decode_latents(stack.encode_video(clip))
         out[:, s : s + new] = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)[:, K:]

@@ -42,6 +42,19 @@ def test_metrics_detect_colour_shift_lost_objects_and_blur(world):
     assert np.all(frame_metrics(world, flat, start=1)["hf_ratio"] < 0.05)
 
 
+def test_surviving_sprites_off_the_true_trajectory_are_not_background_errors(world):
+    frames = render(world, 1, 8, 32, 32)
+    later = render(world, 60, 8, 32, 32)  # same scene, sprites elsewhere (a diverged trajectory)
+    bg = np.clip(np.rint(_background(world.background, 32, 32)), 0, 255)
+    m = frame_metrics(world, later, start=1)
+    assert np.all(m["bg_rmse"] < 3.0) and np.all(m["objects"] == 2)
+    # but a smear of a foreign colour where the background should be is counted
+    smeared = later.copy()
+    smeared[:, 0:6, 0:6] = (bg[0:6, 0:6] + 60).clip(0, 255).astype(np.uint8)
+    assert np.all(frame_metrics(world, smeared, start=1)["bg_rmse"] > m["bg_rmse"] + 5)
+    assert frames.shape == later.shape
+
+
 def test_paired_interval_and_t_quantile():
     assert abs(t_quantile(0.975, 10) - 2.228) < 5e-3
     assert abs(t_quantile(0.975, 47) - 2.012) < 2e-3
