@@ -68,6 +68,7 @@ class ERFTModule(L.LightningModule):
         self.register_buffer("train_weights", loss_weights(self.flow.loss_weight, sigmas), persistent=False)
         grid = to_timesteps(inference_sigmas(num_grids, self.flow.shift))  # (N_test,)
         self.register_buffer("grid_timesteps", grid, persistent=False)
+        self.img_from = img_buckets(self.injection, grid / 1000.0)  # buckets E_img may come from (None: all)
 
         self.generator = torch.Generator().manual_seed(seed)
         self.error_memory = None  # read-only handle, set by ErrorReplayCallback
@@ -118,9 +119,8 @@ class ERFTModule(L.LightningModule):
         grid = nearest_grid_index(to_timesteps(sigma), self.grid_timesteps.cpu())  # (B,) bucket n
         noise = torch.randn(x0.shape, generator=g).to(dev)
 
-        img_from = img_buckets(self.injection, self.grid_timesteps / 1000.0)
-        inj = gate_on_memory(draw_injection(self.injection, B, g), self.error_memory, grid, img_from)
-        e_vid, e_noi, e_img = sample_errors(self.error_memory, grid, inj, x0, self.injection, g, img_from)
+        inj = gate_on_memory(draw_injection(self.injection, B, g), self.error_memory, grid, self.img_from)
+        e_vid, e_noi, e_img = sample_errors(self.error_memory, grid, inj, x0, self.injection, g, self.img_from)
 
         t = to_timesteps(sigma).to(dev)
         text, image = b["text"], b.get("image")
