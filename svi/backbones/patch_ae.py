@@ -101,6 +101,18 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
         self.register_to_config(latents_mean=z.mean(0).float().tolist(), latents_std=z.std(0).clamp_min(1e-6).float().tolist())
         return self
 
+    # -- the linear part (for errors: decode(z + e) - decode(z) = linear_decode(e) before clamping) --
+    def linear_encode(self, x: Tensor) -> Tensor:
+        """A pixel-space difference (B, C, F, H, W) -> its latent difference (B, z, T, h, w), raw units."""
+        v, _ = self._patches(x.to(self.components.dtype))
+        return (v @ self.components.T).permute(0, 4, 1, 2, 3).contiguous()
+
+    def linear_decode(self, z: Tensor) -> Tensor:
+        """A raw latent difference (B, z, T, h, w) -> its pixel difference (B, C, F, H, W), unclamped."""
+        B, _, T, h, w = z.shape
+        v = z.to(self.components.dtype).permute(0, 2, 3, 4, 1) @ self.components
+        return self._unpatch(v, T, h, w, self.config.in_channels)
+
     # -- the AutoencoderKLWan interface -----------------------------------------------------
     def encode(self, x: Tensor, return_dict: bool = True):
         v, (T, h, w, _) = self._patches(x.to(self.components.dtype))

@@ -1,7 +1,7 @@
 """The ERFT method in pure torch: injection, error recycling, and the replay memory."""
 
 from svi.erft.injection import (Injection, InjectionConfig, draw_injection, gate_on_memory, img_buckets, inject,
-                                sample_errors)
+                                last_frames_error, sample_errors)
 from svi.erft.recycling import StepResult, bidirectional_errors, erft_step, recycle_target
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "gate_on_memory",
     "img_buckets",
     "inject",
+    "last_frames_error",
     "recycle_target",
     "sample_errors",
 ]

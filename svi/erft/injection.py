@@ -12,10 +12,14 @@ whole previous trajectory), as a random window of `y_error_num` latent frames.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+IMG_SOURCES = ("window", "last_frames")
 
 
 @dataclass
@@ -31,6 +35,12 @@ class InjectionConfig:
     y_error_num: int = 3  # latent frames of the condition that receive E_img (1 = last-frame option)
     error_modulate_factor: float = 0.0  # f: each error scaled by U(1-f, 1+f); 0 officially
     img_max_sigma: float = 1.0  # E_img only from buckets with sigma <= this (1.0 = all buckets, official)
+    img_scale: float = 1.0  # E_img multiplied by this (1.0 = official)
+    # window (official): a random window of y_error_num latent frames of a stored E_vid.
+    # last_frames: the error of the stored clip's last K pixel frames, placed where the next clip's condition
+    # carries them (its K motion frames) and re-encoded in the condition's latent layout. Needs an
+    # autoencoder with a linear decode (the toy PatchAutoencoder).
+    img_source: str = "window"
 
     def __post_init__(self) -> None:
         for name in ("p_noi", "p_vid", "p_img", "p_clean", "clean_buffer_update_prob"):
@@ -41,6 +51,10 @@ class InjectionConfig:
             raise ValueError(f"injection.y_error_num must be >= 1, got {self.y_error_num}")
         if not 0.0 < self.img_max_sigma <= 1.0:
             raise ValueError(f"injection.img_max_sigma must be in (0, 1], got {self.img_max_sigma}")
+        if self.img_scale < 0.0:
+            raise ValueError(f"injection.img_scale must be >= 0, got {self.img_scale}")
+        if self.img_source not in IMG_SOURCES:
+            raise ValueError(f"injection.img_source must be one of {IMG_SOURCES}, got {self.img_source!r}")
         if not 0.0 <= self.error_modulate_factor < 1.0:
             raise ValueError(f"injection.error_modulate_factor must be in [0, 1), got {self.error_modulate_factor}")
 
@@ -107,11 +121,14 @@ def sample_errors(
     cfg: InjectionConfig,
     generator: torch.Generator | None = None,
     img_from: Tensor | None = None,
+    img_map: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Draw E_vid, E_noi (B, C, T, h, w) and E_img (B, C, y_error_num, h, w); zeros where not injected.
 
     `like` is the clean latent batch (B, C, T, h, w): it fixes shape, dtype and device. `img_from`:
-    the bucket indices E_img may come from (`img_buckets`), None for all.
+    the bucket indices E_img may come from (`img_buckets`), None for all. `img_map`: a stored error
+    (C, T, h, w) -> the condition-latent error it causes (C, >= y_error_num, h, w), replacing the random
+    window (`img_source: last_frames`, see `last_frames_error`).
     """
     B, C, T, h, w = like.shape
     n = cfg.y_error_num
@@ -128,10 +145,43 @@ def sample_errors(
             e_noi[i] = _modulate(memory.noi.sample(bucket, generator), cfg.error_modulate_factor, generator)
         if inj.img[i]:
             e = memory.vid.sample_any(generator, img_from)  # (C, T_e, h, w), from any (allowed) bucket
-            start = int(torch.randint(0, e.shape[1] - n + 1, (), generator=generator))
-            e_img[i] = _modulate(e[:, start : start + n], cfg.error_modulate_factor, generator)
+            if img_map is not None:
+                e = img_map(e)[:, :n]
+            else:
+                start = int(torch.randint(0, e.shape[1] - n + 1, (), generator=generator))
+                e = e[:, start : start + n]
+            e_img[i] = _modulate(e, cfg.error_modulate_factor, generator) * cfg.img_scale
     e_vid, e_noi, e_img = (t.to(device=like.device, dtype=like.dtype) for t in (e_vid, e_noi, e_img))
     return e_vid, e_noi, e_img
+
+
+def last_frames_error(stack, num_motion_frames: int) -> Callable[[Tensor], Tensor]:
+    """`img_source: last_frames`: map a stored E_vid to the condition error it stands for.
+
+    At inference the next clip's condition holds the previous clip's last K frames, decoded and
+    re-encoded. So the error it carries is the error of those frames, in the condition's own latent
+    layout (for Wan's causal VAE, motion frame 0 alone fills latent 0). The map decodes the stored
+    error to pixel frames with the autoencoder's linear part, puts its last K frames in the K motion
+    frames of an otherwise error-free condition video and encodes that. Exact for a linear
+    autoencoder; the Wan VAE is not linear, so it is refused there.
+    """
+    vae = stack.require("vae", "injection.img_source=last_frames")
+    if not (hasattr(vae, "linear_decode") and hasattr(vae, "linear_encode")):
+        raise ValueError(f"injection.img_source=last_frames needs an autoencoder with a linear decode "
+                         f"(the toy PatchAutoencoder); {type(vae).__name__} has none. Use img_source=window.")
+    cfg = vae.config
+    std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(-1, 1, 1, 1)
+    K = int(num_motion_frames)
+
+    def to_condition(e: Tensor) -> Tensor:
+        pix = vae.linear_decode((e.float().cpu() * std)[None].to(vae.dtype))[0]  # (3, F, H, W)
+        if K > pix.shape[1]:
+            raise ValueError(f"{K} motion frames exceed the {pix.shape[1]} frames of the stored error")
+        cond = torch.zeros_like(pix)
+        cond[:, :K] = pix[:, pix.shape[1] - K :]
+        return vae.linear_encode(cond[None])[0].float() / std
+
+    return to_condition
 
 
 def inject(x0: Tensor, noise: Tensor, y: Tensor, e_vid: Tensor, e_noi: Tensor, e_img: Tensor):

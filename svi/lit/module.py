@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from svi.backbones.lora import LoraSpec, attach_lora
 from svi.config import as_dataclass
-from svi.erft import InjectionConfig, draw_injection, erft_step, gate_on_memory, img_buckets, sample_errors
+from svi.erft import (InjectionConfig, draw_injection, erft_step, gate_on_memory, img_buckets, last_frames_error,
+                      sample_errors)
 from svi.flow import (FlowConfig, inference_sigmas, loss_weights, nearest_grid_index, to_timesteps,
                       training_sigmas)
 from svi.lit.cadence import logs_this_step
@@ -69,6 +70,8 @@ class ERFTModule(L.LightningModule):
         grid = to_timesteps(inference_sigmas(num_grids, self.flow.shift))  # (N_test,)
         self.register_buffer("grid_timesteps", grid, persistent=False)
         self.img_from = img_buckets(self.injection, grid / 1000.0)  # buckets E_img may come from (None: all)
+        self.img_map = (last_frames_error(self.stack, condition.num_motion_frames)
+                        if self.injection.enabled and self.injection.img_source == "last_frames" else None)
 
         self.generator = torch.Generator().manual_seed(seed)
         self.error_memory = None  # read-only handle, set by ErrorReplayCallback
@@ -120,7 +123,8 @@ class ERFTModule(L.LightningModule):
         noise = torch.randn(x0.shape, generator=g).to(dev)
 
         inj = gate_on_memory(draw_injection(self.injection, B, g), self.error_memory, grid, self.img_from)
-        e_vid, e_noi, e_img = sample_errors(self.error_memory, grid, inj, x0, self.injection, g, self.img_from)
+        e_vid, e_noi, e_img = sample_errors(self.error_memory, grid, inj, x0, self.injection, g, self.img_from,
+                                           self.img_map)
 
         t = to_timesteps(sigma).to(dev)
         text, image = b["text"], b.get("image")

@@ -180,6 +180,22 @@ def test_image_error_can_be_restricted_to_low_noise_buckets():
         InjectionConfig(img_max_sigma=0.0)
 
 
+def test_image_error_scale_and_map():
+    mem = _memory_with({0: [2.0]}, {})
+    inj = Injection(vid=torch.ones(1, dtype=torch.bool), noi=torch.zeros(1, dtype=torch.bool),
+                    img=torch.ones(1, dtype=torch.bool))
+    like, grid = torch.zeros(1, 16, 5, 4, 4), torch.tensor([0])
+    e_vid, _, e_img = sample_errors(mem, grid, inj, like, InjectionConfig(img_scale=0.25), torch.Generator())
+    assert torch.all(e_img == 0.5) and torch.all(e_vid == 2.0)  # only E_img is scaled
+    # img_map replaces the random window: its first y_error_num frames are the image error
+    mapped = lambda e: torch.stack([e[:, -1] * 10, e[:, 0]], dim=1)  # noqa: E731
+    cfg = InjectionConfig(y_error_num=1)
+    e_img = sample_errors(mem, grid, inj, like, cfg, torch.Generator(), img_map=mapped)[2]
+    assert e_img.shape == (1, 16, 1, 4, 4) and torch.all(e_img == 20.0)
+    with pytest.raises(ValueError, match="img_scale"):
+        InjectionConfig(img_scale=-1.0)
+
+
 def test_error_modulation_scales_within_range():
     mem = _memory_with({0: [1.0]}, {})
     inj = Injection(vid=torch.ones(1, dtype=torch.bool), noi=torch.zeros(1, dtype=torch.bool),
