@@ -23,6 +23,6 @@ $PY -m svi.toy.demo adapters="$(q "$OUT/train/*")" hydra.run.dir="$(q "$OUT/eval
 
 # 3. The table: one row per ablation, mean +- std over seeds.
 $PY -m svi.table runs="$(q "$OUT/*/*")" \
-    columns='[drift,bg_rmse_first,bg_rmse_late,col_shift_late,objects_late,hf_ratio_late]' \
+    columns='[drift,background_drift,world_rmse_first,bg_rmse_first,objects_late,col_shift_late,hf_ratio_late]' \
     row_order='[base,none,no_img,no_noi,no_vid,no_erft]' out="$(q "$OUT")" name=toy_table4 \
     hydra.run.dir="$(q "$OUT/table_log")"

@@ -201,10 +201,13 @@ def _background(bg: Background, height: int, width: int) -> np.ndarray:
     return w[..., None] * ca + (1.0 - w[..., None]) * cb
 
 
-def _draw_sprites(frame: np.ndarray, scene: Scene, t: int) -> None:
-    """Composite sprites in list order (later ones on top), with ~1 px anti-aliased edges."""
+def _draw_sprites(frame: np.ndarray, scene: Scene, t: int, centres: np.ndarray | None = None) -> None:
+    """Composite sprites in list order (later ones on top), with ~1 px anti-aliased edges.
+
+    `centres` (n_sprites, 2) pixel (x, y) overrides the scene's trajectory (a re-posed world frame)."""
     height, width = frame.shape[:2]
-    centres = sprite_centres(scene, [t], height, width)[0]
+    if centres is None:
+        centres = sprite_centres(scene, [t], height, width)[0]
     for sprite, (cx, cy) in zip(scene.sprites, centres):
         r = sprite.size * min(height, width)
         x0, x1 = max(int(cx - r - 1), 0), min(int(cx + r + 2), width)

@@ -39,7 +39,9 @@ def test_demo_writes_summary_plot_and_videos(toy_base_dir, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["metric"] and set(summary["drift"]) == {"base", "plain_lora", "erft"}
+    assert summary["metric"] == "world_rmse_late_minus_ceiling" and set(summary["drift"]) == {"base", "plain_lora", "erft"}
+    assert set(summary["background_drift"]) == set(summary["drift"])  # the background alone, reported beside it
+    assert len(summary["background_drift_per_seed"]["erft"]) == 2
     for model in ("base", "plain_lora", "erft"):
         assert len(summary["per_seed"][model]) == 2
         assert abs(summary["drift"][model] - sum(summary["per_seed"][model]) / 2) < 1e-9
@@ -48,8 +50,16 @@ def test_demo_writes_summary_plot_and_videos(toy_base_dir, tmp_path):
     assert (out / "drift_vs_time.png").stat().st_size > 10_000
     assert len(list((out / "videos").glob("*.mp4"))) == 1
     assert "ratio ERFT / plain drift" in proc.stdout
-    # fine-tuned runs are reused on a second call (a killed demo resumes)
+    # fine-tuned runs are reused on a second call (a killed demo resumes); a further variant is compared too
     again = subprocess.run([sys.executable, "-m", "svi.toy.demo", f"base={toy_base_dir}", "steps=3", "seeds=[0,1]",
                             "eval.num_videos=2", "eval.num_clips=2", "eval.num_inference_steps=2",
-                            "num_side_by_side=1", f"hydra.run.dir={out}"], capture_output=True, text=True)
-    assert again.returncode == 0 and "already done" in again.stdout + again.stderr
+                            "num_side_by_side=1", "train_overrides=['data.batch_size=2']",
+                            "+models.erft_img_half=['ablation=none','injection.img_scale=0.5']",
+                            f"hydra.run.dir={out}"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "4 fine-tune(s) already done" in again.stdout + again.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    variant = summary["variants_vs_plain"]["erft_img_half"]
+    assert variant["pooled"]["n"] == 4 and set(variant["per_seed"]) == {"0", "1"}
+    assert abs(variant["ratio"] - summary["drift"]["erft_img_half"] / summary["drift"]["plain_lora"]) < 1e-9
+    assert "erft_img_half - plain LoRA" in again.stdout

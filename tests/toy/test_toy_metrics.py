@@ -55,6 +55,23 @@ def test_surviving_sprites_off_the_true_trajectory_are_not_background_errors(wor
     assert frames.shape == later.shape
 
 
+def test_world_rmse_is_the_distance_to_the_nearest_valid_world_frame(world):
+    truth = render(world, 1, 8, 32, 32)
+    exact = frame_metrics(world, truth, start=1)["world_rmse"]
+    assert exact.mean() < 1.0 and exact.max() < 6.0  # sub-pixel centres; overlapping sprites cost a little
+    # a surviving sprite off the true trajectory is a valid world frame
+    later = render(world, 60, 8, 32, 32)
+    off_path = frame_metrics(world, later, start=1)["world_rmse"]
+    assert np.all(off_path < 3.0)
+    # erasing the sprites is drift (unlike for bg_rmse, which only sees the background)
+    bg = np.clip(np.rint(_background(world.background, 32, 32)), 0, 255).astype(np.uint8)
+    erased = frame_metrics(world, np.repeat(bg[None], 8, axis=0), start=1)
+    assert np.all(erased["world_rmse"] > 10 * off_path.clip(min=1.0)) and np.all(erased["bg_rmse"] < 1.0)
+    # so is a corrupted background
+    shifted = np.clip(later.astype(np.int16) + 20, 0, 255).astype(np.uint8)
+    assert np.all(frame_metrics(world, shifted, start=1)["world_rmse"] > 15)
+
+
 def test_paired_interval_and_t_quantile():
     assert abs(t_quantile(0.975, 10) - 2.228) < 5e-3
     assert abs(t_quantile(0.975, 47) - 2.012) < 2e-3
