@@ -29,7 +29,7 @@ test: install  ## run the whole CPU test suite (slow tests included)
 test-fast: install  ## the fast tests only
 	$(PY) -m pytest -m "not gpu and not slow" $(ARGS)
 
-demo: install  ## the main job: toy-scale SVI (plain LoRA vs ERFT from the shipped toy base, drift measured; ~10 min)
+demo: install  ## the main job: toy-scale SVI (plain LoRA vs ERFT from the shipped toy base, drift measured; ~13 min)
 	$(VENV)/bin/svi-demo $(ARGS)
 
 toy-base: install  ## retrain the shipped toy base model into svi/assets/toy_base (~12 min on 2 cores)
