@@ -240,28 +240,27 @@ def summarise(cfg: DictConfig, results: dict, timings: dict) -> dict:
     plain = next((n for n in ("plain_lora", "no_erft") if n in names), None)
     erft = next((n for n in ("erft", "none") if n in names), None)
     if plain and erft:
-        seeds = {}
-        for i, s in enumerate(cfg.seeds):
-            seeds[str(s)] = paired_interval(drift_per_video[erft][i] - drift_per_video[plain][i])
-        pooled = paired_interval(np.concatenate(drift_per_video[erft]) - np.concatenate(drift_per_video[plain]))
-        summary["paired"] = {"erft_minus_plain": {"pooled": pooled, "per_seed": seeds},
+        def vs_plain(n: str) -> dict:
+            """Paired per-video drift of model n minus plain LoRA: pooled, per seed, ratio of means."""
+            return {"pooled": paired_interval(np.concatenate(drift_per_video[n])
+                                              - np.concatenate(drift_per_video[plain])),
+                    "per_seed": {str(s): paired_interval(drift_per_video[n][i] - drift_per_video[plain][i])
+                                 for i, s in enumerate(cfg.seeds)},
+                    "ratio": summary["drift"][n] / summary["drift"][plain] if summary["drift"][plain] else None,
+                    "better_on_every_seed": all(e < p for e, p in zip(per_seed[n], per_seed[plain]))}
+
+        main = vs_plain(erft)
+        summary["paired"] = {"erft_minus_plain": {"pooled": main["pooled"], "per_seed": main["per_seed"]},
                              "background_erft_minus_plain": paired_interval(np.concatenate(background[erft])
                                                                             - np.concatenate(background[plain])),
                              "erft_minus_base": paired_interval(np.concatenate(drift_per_video[erft])
                                                                 - np.concatenate(drift_per_video[BASE])),
                              "plain_minus_base": paired_interval(np.concatenate(drift_per_video[plain])
                                                                  - np.concatenate(drift_per_video[BASE]))}
-        summary["ratio_erft_over_plain"] = summary["drift"][erft] / summary["drift"][plain] \
-            if summary["drift"][plain] else None
-        summary["erft_better_on_every_seed"] = all(e < p for e, p in zip(per_seed[erft], per_seed[plain]))
+        summary["ratio_erft_over_plain"] = main["ratio"]
+        summary["erft_better_on_every_seed"] = main["better_on_every_seed"]
         # every further variant (models.<name>=[...], e.g. a lever) against plain LoRA, the same way
-        summary["variants_vs_plain"] = {
-            n: {"pooled": paired_interval(np.concatenate(drift_per_video[n]) - np.concatenate(drift_per_video[plain])),
-                "per_seed": {str(s): paired_interval(drift_per_video[n][i] - drift_per_video[plain][i])
-                             for i, s in enumerate(cfg.seeds)},
-                "ratio": summary["drift"][n] / summary["drift"][plain] if summary["drift"][plain] else None,
-                "better_on_every_seed": all(e < p for e, p in zip(per_seed[n], per_seed[plain]))}
-            for n in names if n not in (BASE, plain, erft)}
+        summary["variants_vs_plain"] = {n: vs_plain(n) for n in names if n not in (BASE, plain, erft)}
     summary["curves"] = {n: {k: np.mean(v, axis=0).round(4).tolist() for k, v in c.items()} for n, c in curves.items()}
     summary["timings_s"] = timings
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)
