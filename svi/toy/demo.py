@@ -168,10 +168,10 @@ def evaluate_all(cfg: DictConfig, adapters: dict[tuple[str, int], Path], out: Pa
     for seed in cfg.seeds:
         worlds = heldout_worlds(spec, int(seed), int(ev.num_videos))
         K = int(sampler.num_motion_frames)
-        n_frames = F + (int(ev.num_clips) - 1) * (F - K)  # the first clip starts from one input frame
+        n_frames = K + int(ev.num_clips) * (F - K)  # K true input frames, then F - K new frames per clip
         truth = ground_truth(worlds, n_frames, spec.height, spec.width)
-        ceiling = autoencoder_round_trip(stack, truth, F)
-        results[seed] = {"ceiling": evaluate_videos(ceiling, worlds, F - K)}
+        ceiling = autoencoder_round_trip(stack, truth, F, K)
+        results[seed] = {"ceiling": evaluate_videos(ceiling, worlds, F - K, start=K)}
         videos[seed] = {"ground_truth": truth}
         for name in names:
             stack.transformer.load_state_dict(base_state)
@@ -179,7 +179,7 @@ def evaluate_all(cfg: DictConfig, adapters: dict[tuple[str, int], Path], out: Pa
                 merge_lora(stack.transformer, read_lora(adapters[(name, int(seed))]), 1.0)
             r = rollout(sampler, worlds, int(ev.num_clips), F, noise_seed=int(seed), height=spec.height,
                         width=spec.width, desc=f"{name} seed {seed}")
-            results[seed][name] = evaluate_videos(r.videos, worlds, r.frames_per_clip)
+            results[seed][name] = evaluate_videos(r.videos, worlds, r.frames_per_clip, start=K)
             videos[seed][name] = r.videos
             bar.update(1)
     bar.close()

@@ -36,11 +36,12 @@ class ModelEval:
         return np.nanmean(v[:, late], axis=1) - np.nanmean(c[:, late], axis=1)
 
 
-def evaluate_videos(videos: np.ndarray, worlds: list, frames_per_clip: int) -> ModelEval:
-    """videos uint8 (B, 1 + C*n, H, W, 3) -> metrics of the generated frames (frame 0 = input excluded)."""
+def evaluate_videos(videos: np.ndarray, worlds: list, frames_per_clip: int, start: int = 1) -> ModelEval:
+    """videos uint8 (B, K + C*n, H, W, 3) -> metrics of the generated frames (the K = `start` input
+    frames excluded)."""
     per: dict[str, list] = {}
     for video, world in zip(videos, worlds):
-        m = clip_means(frame_metrics(world, video[1:], start=1), frames_per_clip)
+        m = clip_means(frame_metrics(world, video[start:], start=start), frames_per_clip)
         for k, v in m.items():
             per.setdefault(k, []).append(v)
     return ModelEval({k: np.stack(v) for k, v in per.items()})

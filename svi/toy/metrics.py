@@ -7,8 +7,9 @@ background and where every sprite is. Per frame (8-bit RGB, H x W):
               and from generated pixels of the scene's sprite colours (a surviving sprite off the true
               trajectory is not corruption); `bg_psnr` is the same in dB. The background never changes, so any error here is drift.
 * `col_shift` L2 distance between the mean background colour generated and true (8-bit units).
-* `hf_ratio`  Laplacian energy of the generated background / the true one (1 = same sharpness;
-              below 1 = blur, above 1 = noise).
+* `hf_ratio`  Laplacian energy of the generated background / the true one, each plus the energy of
+              8-bit rounding noise (`HF_FLOOR`), so flat backgrounds do not divide by ~0 (1 = same
+              sharpness; below 1 = blur, above 1 = noise).
 * `objects`   how many of the scene's sprite colours are present: >= `present_fraction` of the true
               sprite area among pixels within `colour_tol` of that colour. `object_loss` = true count - objects.
 * `speed`     mean centroid speed (px/frame) of the present sprite colours; `gt_speed` the true one.
@@ -30,6 +31,8 @@ import torch.nn.functional as F
 
 from svi.data.toyworld import SPRITE_COLOURS, _background, _brightness, _draw_sprites, _shot_of, render, sprite_centres
 
+# Laplacian energy of uniform 8-bit rounding noise: the stencil's squared weights sum to 20, times 1/12.
+HF_FLOOR = 20.0 / 12.0
 FRAME_METRICS = ("bg_rmse", "bg_psnr", "col_shift", "hf_ratio", "objects", "object_loss", "psnr_gt", "world_rmse")
 
 
@@ -130,7 +133,7 @@ def frame_metrics(world, frames: np.ndarray, start: int, margin: float = 1.5, co
         out["col_shift"][i] = float(np.linalg.norm(g[keep].mean(0) - bg[keep].mean(0))) if keep.any() else np.nan
         gt_keep = torch.from_numpy(keep)
         hf_true = _laplacian_energy(torch.from_numpy(bg), gt_keep)
-        out["hf_ratio"][i] = _laplacian_energy(torch.from_numpy(g), gt_keep) / max(hf_true, 1e-6)
+        out["hf_ratio"][i] = (_laplacian_energy(torch.from_numpy(g), gt_keep) + HF_FLOOR) / (hf_true + HF_FLOOR)
         present, cents = 0, []
         reposed = sprite_centres(scene, [local_t], H, W)[0].copy()  # missing sprites stay on their true path
         found = np.zeros(len(scene.sprites), dtype=bool)

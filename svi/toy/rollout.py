@@ -23,7 +23,7 @@ from svi.sampling.svi_clip import SVIClipSampler, motion_latent_frames
 
 @dataclass
 class Rollout:
-    """videos uint8 (B, F + (C-1)*(F-K), H, W, 3): frame j is world frame j (frame 0 = the input)."""
+    """videos uint8 (B, K + C*(F-K), H, W, 3): frame j is world frame j (frames 0..K-1 = the input)."""
 
     videos: np.ndarray
     worlds: list
@@ -41,18 +41,19 @@ def rollout(sampler: SVIClipSampler, worlds: list, num_clips: int, num_frames: i
     stack = sampler.stack
     K = sampler.num_motion_frames
     new = num_frames - K
-    # The first clip has the input image as its single motion frame, so it adds F - 1 frames; later clips F - K.
-    out = np.zeros((len(worlds), num_frames + (num_clips - 1) * new, height, width, 3), dtype=np.uint8)
+    # The video starts from the world's first K true frames (frame 0 is also the Shot reference); every
+    # clip then adds F - K frames. With K > 1 this is a continuation, so the model sees the motion.
+    out = np.zeros((len(worlds), K + num_clips * new, height, width, 3), dtype=np.uint8)
     bar = tqdm(total=num_clips * len(worlds), desc=desc, unit="clip", leave=False, disable=not progress)
     for b0 in range(0, len(worlds), batch_size):
         batch = worlds[b0 : b0 + batch_size]
         B = len(batch)
-        first = np.stack([render(w, 0, 1, height, width)[0] for w in batch])  # (B, H, W, 3)
-        ref = torch.stack([to_tensor(f[None])[:, 0] for f in first])  # (B, 3, H, W)
-        out[b0 : b0 + B, 0] = first
+        first = np.stack([render(w, 0, K, height, width) for w in batch])  # (B, K, H, W, 3)
+        ref = torch.stack([to_tensor(f[:1])[:, 0] for f in first])  # (B, 3, H, W): frame 0
+        out[b0 : b0 + B, :K] = first
         text = stack.encode_text([caption(w) for w in batch])
-        motion, prev = ref.unsqueeze(2), None  # first clip: the input image is the motion frame
-        pos = 1  # next world frame to fill
+        motion, prev = torch.stack([to_tensor(f) for f in first]), None  # (B, 3, K, H, W)
+        pos = K  # next world frame to fill
         for c in range(num_clips):
             g = torch.Generator().manual_seed(int(noise_seed) * 1_000_003 + c)
 
@@ -79,12 +80,14 @@ def ground_truth(worlds: list, num_frames: int, height: int, width: int) -> np.n
     return np.stack([render(w, 0, num_frames, height, width) for w in worlds])
 
 
-def autoencoder_round_trip(stack, videos: np.ndarray, num_frames: int) -> np.ndarray:
-    """The ceiling: true videos passed through the autoencoder clip by clip (uint8, same layout)."""
+def autoencoder_round_trip(stack, videos: np.ndarray, num_frames: int, num_motion_frames: int = 1) -> np.ndarray:
+    """The ceiling: true videos passed through the autoencoder clip by clip (uint8, same layout): each
+    clip of F frames is the K true frames before it plus its F - K new ones, as in a rollout."""
     B, N = videos.shape[:2]
     out = videos.copy()
-    K, new = 1, num_frames - 1
-    starts = list(range(1, N - new + 1, new))
+    K = int(num_motion_frames)
+    new = num_frames - K
+    starts = list(range(K, N - new + 1, new))
     if starts and starts[-1] + new < N:  # a tail shorter than a clip: one more clip, aligned to the end
         starts.append(N - new)
     for s in starts:

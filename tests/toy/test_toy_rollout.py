@@ -45,3 +45,21 @@ def test_ground_truth_through_the_autoencoder_is_the_ceiling(toy_stack):
     assert np.all(ev_ceiling.per_clip["bg_rmse"] < 8.0)  # ~33 dB round trip
     assert np.allclose(ev_truth.drift(ev_truth), 0.0)
     assert torch.is_tensor(toy_stack.encode_video(torch.zeros(1, 3, 9, 32, 32)))
+
+
+def test_rollout_with_two_motion_frames_starts_from_the_first_true_frames(toy_stack):
+    worlds = heldout_worlds(ToyWorldSpec(), seed=0, num_videos=2)
+    cond = I2VCondition(name="shot", num_motion_frames=2, ref_pad_num=-1)
+    s = SVIClipSampler(cond, stack=toy_stack, flow={"shift": 3.0, "num_inference_steps": 2}, progress=False)
+    r = rollout(s, worlds, num_clips=3, num_frames=9, noise_seed=0, height=32, width=32, progress=False)
+    # K = 2 true input frames, then F - K = 7 new frames per clip
+    assert r.videos.shape == (2, 2 + 3 * 7, 32, 32, 3) and r.frames_per_clip == 7
+    truth = ground_truth(worlds, 2 + 3 * 7, 32, 32)
+    assert np.array_equal(r.videos[:, :2], truth[:, :2])
+    assert not np.array_equal(r.videos[:, 2:], truth[:, 2:])  # the rest is generated
+    ev = evaluate_videos(r.videos, worlds, 7, start=2)
+    assert ev.per_clip["world_rmse"].shape == (2, 3)
+    # the ceiling cuts the same clips: K true frames before each clip's 7 new ones, inputs untouched
+    ceiling = autoencoder_round_trip(toy_stack, truth, 9, num_motion_frames=2)
+    assert np.array_equal(ceiling[:, :2], truth[:, :2])
+    assert np.abs(ceiling[:, 2:].astype(int) - truth[:, 2:].astype(int)).mean() < 6
