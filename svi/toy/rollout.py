@@ -1,8 +1,8 @@
 """Batched long rollouts on held-out toy worlds, through the SVI clip sampler's own clip step.
 
-Every video starts from frame 0 of a test world (the Shot reference and the first motion frame) and is
-extended clip by clip exactly as `svi-generate` does it (`SVIClipSampler.sample_clip`: condition from
-the previous clip's last frames, pixel round trip with 8-bit quantisation, fresh noise per clip). The
+Every video starts from the first K frames of a test world (frame 0 is the Shot reference; with K = 1
+this is `svi-generate`'s single input image) and is extended clip by clip exactly as `svi-generate`
+does it (`SVIClipSampler.sample_clip`: condition from the previous clip's last frames, pixel round trip with 8-bit quantisation, fresh noise per clip). The
 noise of clip c is drawn from (noise_seed, c) for the whole batch, so two models rolled out with the
 same seed see identical noise: their differences are paired.
 """
@@ -65,9 +65,8 @@ def rollout(sampler: SVIClipSampler, worlds: list, num_clips: int, num_frames: i
                                     prev_latents=prev if sampler.handoff == "latent" else None)
             video = stack.decode_latents(x)  # (B, 3, F, H, W)
             frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
-            k = motion.shape[2]
-            out[b0 : b0 + B, pos : pos + num_frames - k] = frames[:, k:]
-            pos += num_frames - k
+            out[b0 : b0 + B, pos : pos + new] = frames[:, K:]
+            pos += new
             motion = torch.cat([from_uint8(f[-K:]) for f in frames])  # (B, 3, K, H, W): 8-bit round trip
             prev = x[:, :, -motion_latent_frames(K):]
             bar.update(B)
