@@ -3,8 +3,9 @@
 Every video starts from the first K frames of a test world (frame 0 is the Shot reference; with K = 1
 this is `svi-generate`'s single input image) and is extended clip by clip exactly as `svi-generate`
 does it (`SVIClipSampler.sample_clip`: condition from the previous clip's last frames, pixel round
-trip with 8-bit quantisation, fresh noise per clip). The noise of clip c is drawn from (noise_seed, c) for the whole batch, so two models rolled out with the
-same seed see identical noise: their differences are paired.
+trip with 8-bit quantisation, fresh noise per clip). The noise of clip c is drawn from
+(noise_seed, c) for the whole batch, so two models rolled out with the same seed see identical noise:
+their differences are paired.
 """
 
 from __future__ import annotations
