@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from svi.flow import add_noise, expand_like, to_timesteps
 
-IMG_SOURCES = ("window", "last_frames")
+
+IMG_SOURCES = ("window", "last_frames", "self")
 
 
 @dataclass
@@ -40,6 +42,8 @@ class InjectionConfig:
     # last_frames: the error of the stored clip's last K pixel frames, placed where the next clip's condition
     # carries them (its K motion frames) and re-encoded in the condition's latent layout. Needs an
     # autoencoder with a linear decode (the toy PatchAutoencoder).
+    # self: a per-sample error instead of the shared bank: the model's own one-step error on this sample's
+    # motion frames, predicted without seeing them (`self_image_error`); costs one no-grad forward per step.
     img_source: str = "window"
 
     def __post_init__(self) -> None:
@@ -94,14 +98,18 @@ def img_buckets(cfg: InjectionConfig, grid_sigmas: Tensor) -> Tensor | None:
     return allowed
 
 
-def gate_on_memory(inj: Injection, memory, grid: Tensor, img_from: Tensor | None = None) -> Injection:
+def gate_on_memory(inj: Injection, memory, grid: Tensor, img_from: Tensor | None = None,
+                   img_needs_memory: bool = True) -> Injection:
     """Drop injections whose bank has nothing to give (the bucket for E_vid/E_noi, any allowed entry for E_img)."""
     if memory is None:
         off = torch.zeros_like(inj.vid)
         return Injection(vid=off, noi=off.clone(), img=off.clone())
     vid_ok = memory.vid.nonempty_mask[grid.cpu()]  # (B,)
     noi_ok = memory.noi.nonempty_mask[grid.cpu()]
-    has_img = len(memory.vid) > 0 if img_from is None else bool(memory.vid.nonempty_mask[img_from].any())
+    if not img_needs_memory:  # img_source=self: E_img is measured on the sample itself
+        has_img = True
+    else:
+        has_img = len(memory.vid) > 0 if img_from is None else bool(memory.vid.nonempty_mask[img_from].any())
     any_ok = torch.full_like(inj.img, has_img)
     return Injection(vid=inj.vid & vid_ok, noi=inj.noi & noi_ok, img=inj.img & any_ok)
 
@@ -143,7 +151,7 @@ def sample_errors(
             e_vid[i] = _modulate(memory.vid.sample(bucket, generator), cfg.error_modulate_factor, generator)
         if inj.noi[i]:
             e_noi[i] = _modulate(memory.noi.sample(bucket, generator), cfg.error_modulate_factor, generator)
-        if inj.img[i]:
+        if inj.img[i] and cfg.img_source != "self":  # self: drawn by `self_image_error` instead
             e = memory.vid.sample_any(generator, img_from)  # (C, T_e, h, w), from any (allowed) bucket
             if img_map is not None:
                 e = img_map(e)[:, :n]
@@ -182,6 +190,62 @@ def last_frames_error(stack, num_motion_frames: int) -> Callable[[Tensor], Tenso
         return vae.linear_encode(cond[None])[0].float() / std
 
     return to_condition
+
+
+def hide_motion_frames(y: Tensor, n: int) -> Tensor:
+    """The condition y (B, 4 + C, T, h, w) with its first n latent frames replaced by padding.
+
+    The mask is cleared and the motion-frame latents become a copy of latent frame n, the first padding
+    frame (Shot: the encoded reference; Film: encoded zeros). Exact for a frame-separable autoencoder
+    (the toy); for Wan's causal VAE latent frame 0 encodes one pixel frame and later ones four, so the
+    copy stands in for the padding's own first latent.
+    """
+    if n >= y.shape[2]:
+        raise ValueError(f"injection.y_error_num={n} leaves no padding frame in a {y.shape[2]}-frame condition")
+    blind = y.clone()
+    blind[:, :4] = 0
+    blind[:, 4:, :n] = y[:, 4:, n : n + 1]
+    return blind
+
+
+def self_image_error(
+    velocity: Callable[[Tensor, Tensor, Tensor], Tensor],
+    x0: Tensor,
+    y: Tensor,
+    select: Tensor,
+    cfg: InjectionConfig,
+    grid_sigmas: Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """`img_source: self`: E_img (B, C, n, h, w) from the sample's own content (a per-sample error bank).
+
+    In training the clip's first K frames are the motion frames, so the first n latent frames of the
+    clean latent x0 are the content the condition carries. The model is asked to generate them without
+    seeing them (`hide_motion_frames`) from x_s at a noise level drawn from the allowed E_img buckets
+    (`img_max_sigma`); its one-step clean-end error there, x^_0 - x0 with x^_0 = x_s - s v^, is the error
+    a generated motion frame of this very content would carry: blur and fading at the true sprite
+    positions and colour errors, rather than another sample's errors in the wrong place.
+    `velocity(x_s, y, t)` wraps the DiT; it runs once on the whole batch, without gradients. Rows not in
+    `select` (B,) are zero.
+    """
+    n = cfg.y_error_num
+    B, C, _, h, w = x0.shape
+    e_img = torch.zeros(B, C, n, h, w, device=x0.device, dtype=x0.dtype)
+    if not bool(select.any()):
+        return e_img
+    allowed = img_buckets(cfg, grid_sigmas)
+    if allowed is None:
+        allowed = torch.arange(grid_sigmas.numel())
+    pick = allowed[torch.randint(0, allowed.numel(), (B,), generator=generator)]
+    sigma = grid_sigmas.detach().cpu().float()[pick].to(x0.device)  # (B,)
+    noise = torch.randn(x0.shape, generator=generator).to(device=x0.device, dtype=x0.dtype)
+    x_s = add_noise(x0, noise, sigma)
+    with torch.no_grad():
+        v_hat = velocity(x_s, hide_motion_frames(y, n), to_timesteps(sigma)).float()
+    err = (x_s.float() - expand_like(sigma, v_hat) * v_hat - x0.float())[:, :, :n]
+    for i in select.nonzero().flatten().tolist():
+        e_img[i] = _modulate(err[i], cfg.error_modulate_factor, generator).to(e_img.dtype) * cfg.img_scale
+    return e_img
 
 
 def inject(x0: Tensor, noise: Tensor, y: Tensor, e_vid: Tensor, e_noi: Tensor, e_img: Tensor):

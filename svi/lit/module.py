@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from svi.backbones.lora import LoraSpec, attach_lora
 from svi.config import as_dataclass
 from svi.erft import (InjectionConfig, draw_injection, erft_step, gate_on_memory, img_buckets, last_frames_error,
-                      sample_errors)
+                      sample_errors, self_image_error)
 from svi.flow import (FlowConfig, inference_sigmas, loss_weights, nearest_grid_index, to_timesteps,
                       training_sigmas)
 from svi.lit.cadence import logs_this_step
@@ -122,7 +122,9 @@ class ERFTModule(L.LightningModule):
         grid = nearest_grid_index(to_timesteps(sigma), self.grid_timesteps.cpu())  # (B,) bucket n
         noise = torch.randn(x0.shape, generator=g).to(dev)
 
-        inj = gate_on_memory(draw_injection(self.injection, B, g), self.error_memory, grid, self.img_from)
+        img_self = self.injection.img_source == "self"
+        inj = gate_on_memory(draw_injection(self.injection, B, g), self.error_memory, grid, self.img_from,
+                             img_needs_memory=not img_self)
         e_vid, e_noi, e_img = sample_errors(self.error_memory, grid, inj, x0, self.injection, g, self.img_from,
                                            self.img_map)
 
@@ -133,6 +135,10 @@ class ERFTModule(L.LightningModule):
             return self.stack.velocity(x_s, y, t, text, image)
 
         with self.condition.forward_context(b):
+            if img_self and bool(inj.img.any()):  # per-sample E_img: one no-grad pass on this batch
+                e_img = self_image_error(lambda x_s, y, tt: self.stack.velocity(x_s, y, tt.to(dev), text, image),
+                                         x0, b["y"].float(), inj.img.to(dev), self.injection,
+                                         self.grid_timesteps / 1000.0, g)
             res = erft_step(denoise, x0, noise, b["y"].float(), sigma.to(dev), e_vid, e_noi, e_img)
         weights = self.train_weights[idx.to(dev)]
         loss = (weights * res.loss).mean()
