@@ -34,8 +34,7 @@ def test_contract_command_writes_checkpoint_and_adapter(tmp_path):
 @pytest.mark.parametrize("overrides", [["experiment=svi_film"], ["experiment=svi_shot", "ablation=none"],
                                        ["experiment=svi_shot", "ablation=no_img"],
                                        ["experiment=svi_shot", "ablation=no_noi"],
-                                       ["experiment=svi_shot", "ablation=no_vid"],
-                                       ["experiment=svi_shot", "injection.img_source=self"]])
+                                       ["experiment=svi_shot", "ablation=no_vid"]])
 def test_paper_experiments_and_ablations_train_on_the_tiny_backbone(train_config, tmp_path, overrides):
     cfg = train_config(*overrides, "backbone=tiny", "data=synthetic", "trainer=cpu", "logger=csv",
                        "trainer.max_steps=8", "memory.warmup_steps=2")

@@ -1,6 +1,6 @@
 """The ERFT method in pure torch: injection, error recycling, and the replay memory."""
 
-from svi.erft.injection import (Injection, InjectionConfig, draw_injection, gate_on_memory, hide_motion_frames,
+from svi.erft.injection import (Injection, InjectionConfig, draw_injection, gate_on_memory,
                                 img_buckets, inject, last_frames_error, sample_errors, self_image_error)
 from svi.erft.recycling import StepResult, bidirectional_errors, erft_step, recycle_target
 
@@ -12,7 +12,6 @@ __all__ = [
     "draw_injection",
     "erft_step",
     "gate_on_memory",
-    "hide_motion_frames",
     "img_buckets",
     "inject",
     "last_frames_error",

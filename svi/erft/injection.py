@@ -42,8 +42,8 @@ class InjectionConfig:
     # last_frames: the error of the stored clip's last K pixel frames, placed where the next clip's condition
     # carries them (its K motion frames) and re-encoded in the condition's latent layout. Needs an
     # autoencoder with a linear decode (the toy PatchAutoencoder).
-    # self: a per-sample error instead of the shared bank: the model's own one-step error on this sample's
-    # motion frames, predicted without seeing them (`self_image_error`); costs one no-grad forward per step.
+    # self: a per-sample error instead of the shared bank: the model's own current one-step error on this
+    # sample, mapped as last_frames (`self_image_error`); one more no-grad forward per step; linear autoencoder.
     img_source: str = "window"
 
     def __post_init__(self) -> None:
@@ -163,7 +163,7 @@ def sample_errors(
     return e_vid, e_noi, e_img
 
 
-def last_frames_error(stack, num_motion_frames: int) -> Callable[[Tensor], Tensor]:
+def last_frames_error(stack, num_motion_frames: int, option: str = "last_frames") -> Callable[[Tensor], Tensor]:
     """`img_source: last_frames`: map a stored E_vid to the condition error it stands for.
 
     At inference the next clip's condition holds the previous clip's last K frames, decoded and
@@ -173,9 +173,9 @@ def last_frames_error(stack, num_motion_frames: int) -> Callable[[Tensor], Tenso
     frames of an otherwise error-free condition video and encodes that. Exact for a linear
     autoencoder; the Wan VAE is not linear, so it is refused there.
     """
-    vae = stack.require("vae", "injection.img_source=last_frames")
+    vae = stack.require("vae", f"injection.img_source={option}")
     if not (hasattr(vae, "linear_decode") and hasattr(vae, "linear_encode")):
-        raise ValueError(f"injection.img_source=last_frames needs an autoencoder with a linear decode "
+        raise ValueError(f"injection.img_source={option} needs an autoencoder with a linear decode "
                          f"(the toy PatchAutoencoder); {type(vae).__name__} has none. Use img_source=window.")
     cfg = vae.config
     std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(-1, 1, 1, 1)
@@ -192,22 +192,6 @@ def last_frames_error(stack, num_motion_frames: int) -> Callable[[Tensor], Tenso
     return to_condition
 
 
-def hide_motion_frames(y: Tensor, n: int) -> Tensor:
-    """The condition y (B, 4 + C, T, h, w) with its first n latent frames replaced by padding.
-
-    The mask is cleared and the motion-frame latents become a copy of latent frame n, the first padding
-    frame (Shot: the encoded reference; Film: encoded zeros). Exact for a frame-separable autoencoder
-    (the toy); for Wan's causal VAE latent frame 0 encodes one pixel frame and later ones four, so the
-    copy stands in for the padding's own first latent.
-    """
-    if n >= y.shape[2]:
-        raise ValueError(f"injection.y_error_num={n} leaves no padding frame in a {y.shape[2]}-frame condition")
-    blind = y.clone()
-    blind[:, :4] = 0
-    blind[:, 4:, :n] = y[:, 4:, n : n + 1]
-    return blind
-
-
 def self_image_error(
     velocity: Callable[[Tensor, Tensor, Tensor], Tensor],
     x0: Tensor,
@@ -215,18 +199,18 @@ def self_image_error(
     select: Tensor,
     cfg: InjectionConfig,
     grid_sigmas: Tensor,
+    img_map: Callable[[Tensor], Tensor],
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """`img_source: self`: E_img (B, C, n, h, w) from the sample's own content (a per-sample error bank).
+    """`img_source: self`: E_img (B, C, n, h, w) from the sample's own error (a per-sample bank of one).
 
-    In training the clip's first K frames are the motion frames, so the first n latent frames of the
-    clean latent x0 are the content the condition carries. The model is asked to generate them without
-    seeing them (`hide_motion_frames`) from x_s at a noise level drawn from the allowed E_img buckets
-    (`img_max_sigma`); its one-step clean-end error there, x^_0 - x0 with x^_0 = x_s - s v^, is the error
-    a generated motion frame of this very content would carry: blur and fading at the true sprite
-    positions and colour errors, rather than another sample's errors in the wrong place.
-    `velocity(x_s, y, t)` wraps the DiT; it runs once on the whole batch, without gradients. Rows not in
-    `select` (B,) are zero.
+    The model runs once more on this batch, without gradients, on its own clips and conditions, from
+    x_s at a noise level drawn from the allowed E_img buckets (`img_max_sigma`). Its clean-end error
+    x^_0 - x0 (x^_0 = x_s - s v^) is what E_vid would store for this sample; `img_map` turns it into a
+    condition error the way `last_frames` does (the clip's last K frames, placed in the K motion
+    frames). So the image error carries this sample's background, colours and sprites, moved by a few
+    frames of motion, instead of another sample's errors in the wrong place. `velocity(x_s, y, t)`
+    wraps the DiT. Rows not in `select` (B,) are zero.
     """
     n = cfg.y_error_num
     B, C, _, h, w = x0.shape
@@ -241,10 +225,11 @@ def self_image_error(
     noise = torch.randn(x0.shape, generator=generator).to(device=x0.device, dtype=x0.dtype)
     x_s = add_noise(x0, noise, sigma)
     with torch.no_grad():
-        v_hat = velocity(x_s, hide_motion_frames(y, n), to_timesteps(sigma)).float()
-    err = (x_s.float() - expand_like(sigma, v_hat) * v_hat - x0.float())[:, :, :n]
+        v_hat = velocity(x_s, y, to_timesteps(sigma)).float()
+    err = x_s.float() - expand_like(sigma, v_hat) * v_hat - x0.float()  # (B, C, T, h, w)
     for i in select.nonzero().flatten().tolist():
-        e_img[i] = _modulate(err[i], cfg.error_modulate_factor, generator).to(e_img.dtype) * cfg.img_scale
+        e = img_map(err[i])[:, :n]
+        e_img[i] = (_modulate(e, cfg.error_modulate_factor, generator) * cfg.img_scale).to(e_img)
     return e_img
 
 

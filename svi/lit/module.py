@@ -70,8 +70,8 @@ class ERFTModule(L.LightningModule):
         grid = to_timesteps(inference_sigmas(num_grids, self.flow.shift))  # (N_test,)
         self.register_buffer("grid_timesteps", grid, persistent=False)
         self.img_from = img_buckets(self.injection, grid / 1000.0)  # buckets E_img may come from (None: all)
-        self.img_map = (last_frames_error(self.stack, condition.num_motion_frames)
-                        if self.injection.enabled and self.injection.img_source == "last_frames" else None)
+        self.img_map = (last_frames_error(self.stack, condition.num_motion_frames, self.injection.img_source)
+                        if self.injection.enabled and self.injection.img_source in ("last_frames", "self") else None)
 
         self.generator = torch.Generator().manual_seed(seed)
         self.error_memory = None  # read-only handle, set by ErrorReplayCallback
@@ -126,7 +126,7 @@ class ERFTModule(L.LightningModule):
         inj = gate_on_memory(draw_injection(self.injection, B, g), self.error_memory, grid, self.img_from,
                              img_needs_memory=not img_self)
         e_vid, e_noi, e_img = sample_errors(self.error_memory, grid, inj, x0, self.injection, g, self.img_from,
-                                           self.img_map)
+                                           None if img_self else self.img_map)
 
         t = to_timesteps(sigma).to(dev)
         text, image = b["text"], b.get("image")
@@ -138,7 +138,7 @@ class ERFTModule(L.LightningModule):
             if img_self and bool(inj.img.any()):  # per-sample E_img: one no-grad pass on this batch
                 e_img = self_image_error(lambda x_s, y, tt: self.stack.velocity(x_s, y, tt.to(dev), text, image),
                                          x0, b["y"].float(), inj.img.to(dev), self.injection,
-                                         self.grid_timesteps / 1000.0, g)
+                                         self.grid_timesteps / 1000.0, self.img_map, g)
             res = erft_step(denoise, x0, noise, b["y"].float(), sigma.to(dev), e_vid, e_noi, e_img)
         weights = self.train_weights[idx.to(dev)]
         loss = (weights * res.loss).mean()

@@ -79,6 +79,8 @@ def test_last_frames_image_error_needs_a_linear_autoencoder():
     stack = SimpleNamespace(require=lambda name, why: torch.nn.Identity())
     with pytest.raises(ValueError, match="linear decode"):
         last_frames_error(stack, 1)
+    with pytest.raises(ValueError, match="img_source=self needs"):
+        last_frames_error(stack, 1, "self")
     with pytest.raises(ValueError, match="img_source"):
         InjectionConfig(img_source="nearest")
 

@@ -54,12 +54,12 @@ def test_demo_writes_summary_plot_and_videos(toy_base_dir, tmp_path):
     again = subprocess.run([sys.executable, "-m", "svi.toy.demo", f"base={toy_base_dir}", "steps=3", "seeds=[0,1]",
                             "eval.num_videos=2", "eval.num_clips=2", "eval.num_inference_steps=2",
                             "num_side_by_side=1", "train_overrides=['data.batch_size=2']",
-                            "+models.erft_img_half=['ablation=none','injection.img_scale=0.5']",
+                            "+models.erft_self=['ablation=none','injection.img_source=self']",
                             f"hydra.run.dir={out}"], capture_output=True, text=True)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "4 fine-tune(s) already done" in again.stdout + again.stderr
     summary = json.loads((out / "summary.json").read_text())
-    variant = summary["variants_vs_plain"]["erft_img_half"]
+    variant = summary["variants_vs_plain"]["erft_self"]
     assert variant["pooled"]["n"] == 4 and set(variant["per_seed"]) == {"0", "1"}
-    assert abs(variant["ratio"] - summary["drift"]["erft_img_half"] / summary["drift"]["plain_lora"]) < 1e-9
-    assert "erft_img_half - plain LoRA" in again.stdout
+    assert abs(variant["ratio"] - summary["drift"]["erft_self"] / summary["drift"]["plain_lora"]) < 1e-9
+    assert "erft_self - plain LoRA" in again.stdout

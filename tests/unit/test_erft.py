@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from svi.erft import (Injection, InjectionConfig, bidirectional_errors, draw_injection, erft_step, gate_on_memory,
-                      hide_motion_frames, img_buckets, inject, recycle_target, sample_errors, self_image_error)
+                      img_buckets, inject, recycle_target, sample_errors, self_image_error)
 from svi.erft.memory import ReplayMemory
 from svi.flow import add_noise
 
@@ -196,43 +196,41 @@ def test_image_error_scale_and_map():
         InjectionConfig(img_scale=-1.0)
 
 
-def test_self_image_error_is_the_models_own_error_on_the_hidden_motion_frames():
-    """img_source=self: E_img is measured on the sample itself, with its motion frames hidden from the model."""
+def test_self_image_error_is_the_models_own_current_error_on_the_sample():
+    """img_source=self: E_img is this sample's own one-step clean-end error, through the image-error map."""
     from svi.flow import inference_sigmas
 
     x0, _, y = _tensors(3)
     sigmas = inference_sigmas(50, 3.0)
     seen = []
+    bias = torch.linspace(-0.2, 0.2, 5).view(1, 1, 5, 1, 1)  # a different error in every latent frame
 
-    def oracle(x_s, y_in, t):  # knows the clean latent: predicts it exactly, except a +0.1 bias
+    def oracle(x_s, y_in, t):  # knows the clean latent: predicts it exactly, up to `bias`
         seen.append((y_in.clone(), t.clone()))
         s = (t / 1000.0).view(-1, 1, 1, 1, 1)
-        return (x_s - (x0 + 0.1)) / s
+        return (x_s - (x0 + bias)) / s
 
+    last_two = lambda e: e[:, -2:].flip(1)  # noqa: E731  (stands in for the last-frames map)
     cfg = InjectionConfig(y_error_num=2, img_max_sigma=0.5, img_scale=0.5)
     select = torch.tensor([True, False])
-    e_img = self_image_error(oracle, x0, y, select, cfg, sigmas, torch.Generator().manual_seed(0))
+    e_img = self_image_error(oracle, x0, y, select, cfg, sigmas, last_two, torch.Generator().manual_seed(0))
     assert e_img.shape == (2, 16, 2, 4, 4)
-    assert torch.allclose(e_img[0], torch.full((16, 2, 4, 4), 0.05), atol=1e-5)  # bias 0.1 x img_scale
+    want = 0.5 * bias[0, :, [4, 3]].expand(16, 2, 4, 4)  # mapped, then img_scale
+    assert torch.allclose(e_img[0], want, atol=1e-5)
     assert torch.all(e_img[1] == 0)  # not selected
     y_in, t = seen[0]
-    assert torch.all(y_in[:, :4] == 0)  # mask cleared: nothing is known
-    assert torch.equal(y_in[:, 4:, :2], y[:, 4:, 2:3].expand(-1, -1, 2, -1, -1))  # motion latents -> padding
-    assert torch.equal(y_in[:, 4:, 2:], y[:, 4:, 2:])
+    assert torch.equal(y_in, y)  # the sample's own condition
     assert torch.all(t / 1000.0 <= 0.5 + 1e-6)  # noise level from the allowed E_img buckets
-
-    # a model that ignores the hidden frames and predicts zeros errs by exactly -x0 there
-    zero = lambda x_s, y_in, t: x_s / (t / 1000.0).view(-1, 1, 1, 1, 1)  # noqa: E731
-    e = self_image_error(zero, x0, y, torch.ones(2, dtype=torch.bool), InjectionConfig(y_error_num=1), sigmas)
-    assert torch.allclose(e, -x0[:, :, :1], atol=1e-5)
-    # the bank is not needed for E_img (it is not drawn from there), nor used
+    # the bank is not needed for E_img (it is not drawn from there)
     mem = _memory_with({}, {})
     inj = Injection(vid=torch.zeros(1, dtype=torch.bool), noi=torch.zeros(1, dtype=torch.bool),
                     img=torch.ones(1, dtype=torch.bool))
     assert gate_on_memory(inj, mem, torch.tensor([0]), img_needs_memory=False).img.all()
     assert not gate_on_memory(inj, mem, torch.tensor([0])).img.any()
-    with pytest.raises(ValueError, match="no padding frame"):
-        hide_motion_frames(y, 5)
+    # and sample_errors leaves E_img to self_image_error
+    full = _memory_with({0: [1.0]}, {})
+    assert torch.all(sample_errors(full, torch.tensor([0]), inj, torch.zeros(1, 16, 5, 4, 4),
+                                   InjectionConfig(img_source="self"), torch.Generator())[2] == 0)
 
 
 def test_error_modulation_scales_within_range():
