@@ -106,10 +106,9 @@ def gate_on_memory(inj: Injection, memory, grid: Tensor, img_from: Tensor | None
         return Injection(vid=off, noi=off.clone(), img=off.clone())
     vid_ok = memory.vid.nonempty_mask[grid.cpu()]  # (B,)
     noi_ok = memory.noi.nonempty_mask[grid.cpu()]
-    if not img_needs_memory:  # img_source=self: E_img is measured on the sample itself
-        has_img = True
-    else:
-        has_img = len(memory.vid) > 0 if img_from is None else bool(memory.vid.nonempty_mask[img_from].any())
+    # img_source=self measures E_img on the sample itself and needs nothing from the bank
+    has_img = (not img_needs_memory or (len(memory.vid) > 0 if img_from is None
+                                        else bool(memory.vid.nonempty_mask[img_from].any())))
     any_ok = torch.full_like(inj.img, has_img)
     return Injection(vid=inj.vid & vid_ok, noi=inj.noi & noi_ok, img=inj.img & any_ok)
 
