@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from svi.flow import add_noise, expand_like, to_timesteps
+from svi.flow import add_noise, euler_step, expand_like, to_timesteps
 
 
-IMG_SOURCES = ("window", "last_frames", "self")
+IMG_SOURCES = ("window", "last_frames", "self", "rollout")
+PER_SAMPLE_SOURCES = ("self", "rollout")  # E_img measured on the sample itself, not drawn from the bank
 
 
 @dataclass
@@ -44,7 +45,11 @@ class InjectionConfig:
     # autoencoder with a linear decode (the toy PatchAutoencoder).
     # self: a per-sample error instead of the shared bank: the model's own current one-step error on this
     # sample, mapped as last_frames (`self_image_error`); one more no-grad forward per step; linear autoencoder.
+    # rollout: per sample, the error of a whole generated clip: the model samples this clip from its clean
+    # condition (img_rollout_steps Euler steps, no grad) and the generated last K frames' error, mapped as
+    # last_frames, is E_img: the handoff error the next clip meets at inference (`rollout_image_error`).
     img_source: str = "window"
+    img_rollout_steps: int = 0  # Euler steps of img_source=rollout; 0 = flow.num_inference_steps
 
     def __post_init__(self) -> None:
         for name in ("p_noi", "p_vid", "p_img", "p_clean", "clean_buffer_update_prob"):
@@ -59,6 +64,9 @@ class InjectionConfig:
             raise ValueError(f"injection.img_scale must be >= 0, got {self.img_scale}")
         if self.img_source not in IMG_SOURCES:
             raise ValueError(f"injection.img_source must be one of {IMG_SOURCES}, got {self.img_source!r}")
+        if self.img_rollout_steps < 0:
+            raise ValueError(f"injection.img_rollout_steps must be >= 0 (0 = the sampler's steps), "
+                             f"got {self.img_rollout_steps}")
         if not 0.0 <= self.error_modulate_factor < 1.0:
             raise ValueError(f"injection.error_modulate_factor must be in [0, 1), got {self.error_modulate_factor}")
 
@@ -106,7 +114,7 @@ def gate_on_memory(inj: Injection, memory, grid: Tensor, img_from: Tensor | None
         return Injection(vid=off, noi=off.clone(), img=off.clone())
     vid_ok = memory.vid.nonempty_mask[grid.cpu()]  # (B,)
     noi_ok = memory.noi.nonempty_mask[grid.cpu()]
-    # img_source=self measures E_img on the sample itself and needs nothing from the bank
+    # img_source=self / rollout measure E_img on the sample itself and need nothing from the bank
     has_img = (not img_needs_memory or (len(memory.vid) > 0 if img_from is None
                                         else bool(memory.vid.nonempty_mask[img_from].any())))
     any_ok = torch.full_like(inj.img, has_img)
@@ -150,7 +158,7 @@ def sample_errors(
             e_vid[i] = _modulate(memory.vid.sample(bucket, generator), cfg.error_modulate_factor, generator)
         if inj.noi[i]:
             e_noi[i] = _modulate(memory.noi.sample(bucket, generator), cfg.error_modulate_factor, generator)
-        if inj.img[i] and cfg.img_source != "self":  # self: drawn by `self_image_error` instead
+        if inj.img[i] and cfg.img_source not in PER_SAMPLE_SOURCES:  # those: `self_image_error`, `rollout_image_error`
             e = memory.vid.sample_any(generator, img_from)  # (C, T_e, h, w), from any (allowed) bucket
             if img_map is not None:
                 e = img_map(e)[:, :n]
@@ -226,6 +234,46 @@ def self_image_error(
     with torch.no_grad():
         v_hat = velocity(x_s, y, to_timesteps(sigma)).float()
     err = x_s.float() - expand_like(sigma, v_hat) * v_hat - x0.float()  # (B, C, T, h, w)
+    for i in select.nonzero().flatten().tolist():
+        e = img_map(err[i])[:, :n]
+        e_img[i] = (_modulate(e, cfg.error_modulate_factor, generator) * cfg.img_scale).to(e_img)
+    return e_img
+
+
+def rollout_image_error(
+    velocity: Callable[[Tensor, Tensor, Tensor], Tensor],
+    x0: Tensor,
+    y: Tensor,
+    select: Tensor,
+    cfg: InjectionConfig,
+    sampling_sigmas: Tensor,
+    img_map: Callable[[Tensor], Tensor],
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """`img_source: rollout`: E_img (B, C, n, h, w) from a whole clip the model generates for this sample.
+
+    At inference the next clip's condition holds the last K frames of a clip the model *sampled*, not
+    of a one-step prediction. So here the model samples this very clip from fresh noise and its clean
+    condition `y`, with the sampler's Euler schedule `sampling_sigmas` (N,) (descending, ending at 0),
+    without gradients; the error of the generated clip, x^_0 - x0, goes through `img_map` (the clip's
+    last K frames placed in the K motion frames, as `last_frames`). That is the handoff error of one
+    clip of rollout, measured on this sample with the current weights. Costs N no-grad forwards per
+    step. Rows not in `select` (B,) are zero.
+    """
+    n = cfg.y_error_num
+    B, C, _, h, w = x0.shape
+    e_img = torch.zeros(B, C, n, h, w, device=x0.device, dtype=x0.dtype)
+    if not bool(select.any()):
+        return e_img
+    sig = sampling_sigmas.detach().cpu().float()
+    sig = torch.cat([sig, sig.new_zeros(1)])
+    x = torch.randn(x0.shape, generator=generator).to(device=x0.device, dtype=torch.float32)
+    with torch.no_grad():
+        for k in range(len(sig) - 1):
+            s = torch.full((B,), float(sig[k]), device=x0.device)
+            v = velocity(x.to(x0.dtype), y, to_timesteps(s)).float()
+            x = euler_step(x, v, s, torch.full_like(s, float(sig[k + 1])))
+    err = x - x0.float()  # (B, C, T, h, w)
     for i in select.nonzero().flatten().tolist():
         e = img_map(err[i])[:, :n]
         e_img[i] = (_modulate(e, cfg.error_modulate_factor, generator) * cfg.img_scale).to(e_img)

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from svi.backbones.lora import LoraSpec, attach_lora
 from svi.config import as_dataclass
-from svi.erft import (InjectionConfig, draw_injection, erft_step, gate_on_memory, img_buckets, last_frames_error,
-                      sample_errors, self_image_error)
+from svi.erft import (PER_SAMPLE_SOURCES, InjectionConfig, draw_injection, erft_step, gate_on_memory, img_buckets,
+                      last_frames_error, rollout_image_error, sample_errors, self_image_error)
 from svi.flow import (FlowConfig, inference_sigmas, loss_weights, nearest_grid_index, to_timesteps,
                       training_sigmas)
 from svi.lit.cadence import logs_this_step
@@ -71,7 +71,9 @@ class ERFTModule(L.LightningModule):
         self.register_buffer("grid_timesteps", grid, persistent=False)
         self.img_from = img_buckets(self.injection, grid / 1000.0)  # buckets E_img may come from (None: all)
         self.img_map = (last_frames_error(self.stack, condition.num_motion_frames, self.injection.img_source)
-                        if self.injection.enabled and self.injection.img_source in ("last_frames", "self") else None)
+                        if self.injection.enabled and self.injection.img_source in ("last_frames", "self", "rollout") else None)
+        steps = self.injection.img_rollout_steps or self.flow.num_inference_steps
+        self.register_buffer("rollout_sigmas", inference_sigmas(steps, self.flow.shift), persistent=False)
 
         self.generator = torch.Generator().manual_seed(seed)
         self.error_memory = None  # read-only handle, set by ErrorReplayCallback
@@ -122,11 +124,12 @@ class ERFTModule(L.LightningModule):
         grid = nearest_grid_index(to_timesteps(sigma), self.grid_timesteps.cpu())  # (B,) bucket n
         noise = torch.randn(x0.shape, generator=g).to(dev)
 
-        img_self = self.injection.img_source == "self"
+        source = self.injection.img_source
+        per_sample = source in PER_SAMPLE_SOURCES
         inj = gate_on_memory(draw_injection(self.injection, B, g), self.error_memory, grid, self.img_from,
-                             img_needs_memory=not img_self)
+                             img_needs_memory=not per_sample)
         e_vid, e_noi, e_img = sample_errors(self.error_memory, grid, inj, x0, self.injection, g, self.img_from,
-                                           None if img_self else self.img_map)
+                                           None if per_sample else self.img_map)
 
         t = to_timesteps(sigma).to(dev)
         text, image = b["text"], b.get("image")
@@ -135,10 +138,14 @@ class ERFTModule(L.LightningModule):
             return self.stack.velocity(x_s, y, t, text, image)
 
         with self.condition.forward_context(b):
-            if img_self and bool(inj.img.any()):  # per-sample E_img: one no-grad pass on this batch
-                e_img = self_image_error(lambda x_s, y, tt: self.stack.velocity(x_s, y, tt.to(dev), text, image),
-                                         x0, b["y"].float(), inj.img.to(dev), self.injection,
-                                         self.grid_timesteps / 1000.0, self.img_map, g)
+            if per_sample and bool(inj.img.any()):  # per-sample E_img: no-grad passes on this batch
+                vel = lambda x_s, y, tt: self.stack.velocity(x_s, y, tt.to(dev), text, image)  # noqa: E731
+                if source == "self":  # one forward, one-step error at an E_img noise level
+                    e_img = self_image_error(vel, x0, b["y"].float(), inj.img.to(dev), self.injection,
+                                             self.grid_timesteps / 1000.0, self.img_map, g)
+                else:  # rollout: the sampler's whole trajectory, the generated clip's error
+                    e_img = rollout_image_error(vel, x0, b["y"].float(), inj.img.to(dev), self.injection,
+                                                self.rollout_sigmas, self.img_map, g)
             res = erft_step(denoise, x0, noise, b["y"].float(), sigma.to(dev), e_vid, e_noi, e_img)
         weights = self.train_weights[idx.to(dev)]
         loss = (weights * res.loss).mean()

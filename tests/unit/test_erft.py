@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from svi.erft import (Injection, InjectionConfig, bidirectional_errors, draw_injection, erft_step, gate_on_memory,
-                      img_buckets, inject, recycle_target, sample_errors, self_image_error)
+                      img_buckets, inject, recycle_target, rollout_image_error, sample_errors, self_image_error)
 from svi.erft.memory import ReplayMemory
 from svi.flow import add_noise
 
@@ -231,6 +231,38 @@ def test_self_image_error_is_the_models_own_current_error_on_the_sample():
     full = _memory_with({0: [1.0]}, {})
     assert torch.all(sample_errors(full, torch.tensor([0]), inj, torch.zeros(1, 16, 5, 4, 4),
                                    InjectionConfig(img_source="self"), torch.Generator())[2] == 0)
+
+
+def test_rollout_image_error_is_the_error_of_the_clip_the_model_samples():
+    """img_source=rollout: the sampler's whole trajectory from noise; the generated clip's error, mapped."""
+    from svi.flow import inference_sigmas
+
+    x0, _, y = _tensors(4)
+    sigmas = inference_sigmas(6, 3.0)
+    seen = []
+    bias = torch.linspace(-0.3, 0.3, 5).view(1, 1, 5, 1, 1)
+
+    def oracle(x_s, y_in, t):  # predicts x0 + bias at every step: Euler then lands exactly on x0 + bias
+        seen.append((y_in.clone(), t.clone()))
+        s = (t / 1000.0).view(-1, 1, 1, 1, 1)
+        return (x_s - (x0 + bias)) / s
+
+    last_two = lambda e: e[:, -2:].flip(1)  # noqa: E731
+    cfg = InjectionConfig(img_source="rollout", y_error_num=2, img_scale=2.0)
+    select = torch.tensor([False, True])
+    e_img = rollout_image_error(oracle, x0, y, select, cfg, sigmas, last_two, torch.Generator().manual_seed(0))
+    assert e_img.shape == (2, 16, 2, 4, 4)
+    assert torch.all(e_img[0] == 0)  # not selected
+    assert torch.allclose(e_img[1], 2.0 * bias[0, :, [4, 3]].expand(16, 2, 4, 4), atol=1e-4)
+    assert len(seen) == 6  # one forward per sampling step, on the sample's own clean condition
+    assert all(torch.equal(y_in, y) for y_in, _ in seen)
+    assert torch.allclose(torch.stack([t[0] for _, t in seen]), sigmas * 1000.0)  # the sampler's schedule
+    with pytest.raises(ValueError, match="img_rollout_steps"):
+        InjectionConfig(img_rollout_steps=-1)
+    # nothing selected: no forward at all
+    seen.clear()
+    assert torch.all(rollout_image_error(oracle, x0, y, torch.zeros(2, dtype=torch.bool), cfg, sigmas,
+                                         last_two) == 0) and not seen
 
 
 def test_error_modulation_scales_within_range():
