@@ -55,11 +55,28 @@ def test_demo_writes_summary_plot_and_videos(toy_base_dir, tmp_path):
                             "eval.num_videos=2", "eval.num_clips=2", "eval.num_inference_steps=2",
                             "num_side_by_side=1", "train_overrides=['data.batch_size=2']",
                             "+models.erft_self=['ablation=none','injection.img_source=self']",
+                            "+models.erft_roll=['ablation=none','injection.img_source=rollout',"
+                            "'injection.img_rollout_steps=2']",
                             f"hydra.run.dir={out}"], capture_output=True, text=True)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "4 fine-tune(s) already done" in again.stdout + again.stderr
     summary = json.loads((out / "summary.json").read_text())
-    variant = summary["variants_vs_plain"]["erft_self"]
-    assert variant["pooled"]["n"] == 4 and set(variant["per_seed"]) == {"0", "1"}
-    assert abs(variant["ratio"] - summary["drift"]["erft_self"] / summary["drift"]["plain_lora"]) < 1e-9
+    for name in ("erft_self", "erft_roll"):
+        variant = summary["variants_vs_plain"][name]
+        assert variant["pooled"]["n"] == 4 and set(variant["per_seed"]) == {"0", "1"}
+        assert abs(variant["ratio"] - summary["drift"][name] / summary["drift"]["plain_lora"]) < 1e-9
     assert "erft_self - plain LoRA" in again.stdout
+
+
+def test_demo_k2_preset_points_at_the_shipped_k2_base_and_the_round_6_settings():
+    """`make demo-k2`: K = 2 base shipped in the package, per-sample image errors, 60-clip rollouts."""
+    from tests.conftest import compose_config
+
+    cfg = compose_config("demo_k2", [])
+    stack = load_toy_base(cfg.base)  # ${svi.asset:toy_base_k2} resolves to a loadable base
+    assert cfg.base.endswith("svi/assets/toy_base_k2") and type(stack.vae).__name__ == "PatchAutoencoder"
+    assert cfg.condition.num_motion_frames == 2 and cfg.eval.num_clips == 60
+    assert set(cfg.train_overrides) == {"condition.num_motion_frames=2", "injection.y_error_num=2"}
+    assert list(cfg.models.erft) == ["ablation=none", "injection.img_source=self"]
+    assert list(cfg.models.plain_lora) == ["ablation=no_erft"]
+    assert cfg.steps == compose_config("demo", []).steps == 600  # the same fine-tune budget as make demo
