@@ -107,7 +107,15 @@ def run_tags(tags, ablation: str) -> list[str]:
     return out if f"ablation:{ablation}" in out else [*out, f"ablation:{ablation}"]
 
 
+def asset_dir(name: str) -> str:
+    """`${svi.asset:toy_base_k2}`: a directory shipped in the package's `svi/assets/`."""
+    from svi.paths import REPO_ROOT
+
+    return str(REPO_ROOT / "svi" / "assets" / str(name))
+
+
 register_configs()
+OmegaConf.register_new_resolver("svi.asset", asset_dir, replace=True)
 OmegaConf.register_new_resolver("svi.sweep_job", sweep_job_name, replace=True)
 OmegaConf.register_new_resolver("svi.tags", run_tags, replace=True)
 # conf/hydra/launcher/{joblib,submitit_slurm}.yaml keep the plugins' names, so Hydra validates them
