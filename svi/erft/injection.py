@@ -199,6 +199,19 @@ def last_frames_error(stack, num_motion_frames: int, option: str = "last_frames"
     return to_condition
 
 
+def _mapped_rows(err: Tensor | None, like: Tensor, select: Tensor, cfg: InjectionConfig,
+                 img_map: Callable[[Tensor], Tensor], generator: torch.Generator | None) -> Tensor:
+    """E_img (B, C, y_error_num, h, w): each selected row's clip error `err` (B, C, T, h, w) through
+    `img_map`, modulated and scaled by `img_scale`; zero elsewhere (and everywhere when `err` is None)."""
+    B, C, _, h, w = like.shape
+    e_img = torch.zeros(B, C, cfg.y_error_num, h, w, device=like.device, dtype=like.dtype)
+    if err is not None:
+        for i in select.nonzero().flatten().tolist():
+            e = img_map(err[i])[:, : cfg.y_error_num]
+            e_img[i] = (_modulate(e, cfg.error_modulate_factor, generator) * cfg.img_scale).to(e_img)
+    return e_img
+
+
 def self_image_error(
     velocity: Callable[[Tensor, Tensor, Tensor], Tensor],
     x0: Tensor,
@@ -219,11 +232,9 @@ def self_image_error(
     frames of motion, instead of another sample's errors in the wrong place. `velocity(x_s, y, t)`
     wraps the DiT. Rows not in `select` (B,) are zero.
     """
-    n = cfg.y_error_num
-    B, C, _, h, w = x0.shape
-    e_img = torch.zeros(B, C, n, h, w, device=x0.device, dtype=x0.dtype)
     if not bool(select.any()):
-        return e_img
+        return _mapped_rows(None, x0, select, cfg, img_map, generator)
+    B = x0.shape[0]
     allowed = img_buckets(cfg, grid_sigmas)
     if allowed is None:
         allowed = torch.arange(grid_sigmas.numel())
@@ -234,10 +245,7 @@ def self_image_error(
     with torch.no_grad():
         v_hat = velocity(x_s, y, to_timesteps(sigma)).float()
     err = x_s.float() - expand_like(sigma, v_hat) * v_hat - x0.float()  # (B, C, T, h, w)
-    for i in select.nonzero().flatten().tolist():
-        e = img_map(err[i])[:, :n]
-        e_img[i] = (_modulate(e, cfg.error_modulate_factor, generator) * cfg.img_scale).to(e_img)
-    return e_img
+    return _mapped_rows(err, x0, select, cfg, img_map, generator)
 
 
 def rollout_image_error(
@@ -260,11 +268,9 @@ def rollout_image_error(
     clip of rollout, measured on this sample with the current weights. Costs N no-grad forwards per
     step. Rows not in `select` (B,) are zero.
     """
-    n = cfg.y_error_num
-    B, C, _, h, w = x0.shape
-    e_img = torch.zeros(B, C, n, h, w, device=x0.device, dtype=x0.dtype)
     if not bool(select.any()):
-        return e_img
+        return _mapped_rows(None, x0, select, cfg, img_map, generator)
+    B = x0.shape[0]
     sig = sampling_sigmas.detach().cpu().float()
     sig = torch.cat([sig, sig.new_zeros(1)])
     x = torch.randn(x0.shape, generator=generator).to(device=x0.device, dtype=torch.float32)
@@ -273,11 +279,7 @@ def rollout_image_error(
             s = torch.full((B,), float(sig[k]), device=x0.device)
             v = velocity(x.to(x0.dtype), y, to_timesteps(s)).float()
             x = euler_step(x, v, s, torch.full_like(s, float(sig[k + 1])))
-    err = x - x0.float()  # (B, C, T, h, w)
-    for i in select.nonzero().flatten().tolist():
-        e = img_map(err[i])[:, :n]
-        e_img[i] = (_modulate(e, cfg.error_modulate_factor, generator) * cfg.img_scale).to(e_img)
-    return e_img
+    return _mapped_rows(x - x0.float(), x0, select, cfg, img_map, generator)
 
 
 def inject(x0: Tensor, noise: Tensor, y: Tensor, e_vid: Tensor, e_noi: Tensor, e_img: Tensor):
