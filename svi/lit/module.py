@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from svi.backbones.lora import LoraSpec, attach_lora
 from svi.config import as_dataclass
-from svi.erft import (PER_SAMPLE_SOURCES, InjectionConfig, draw_injection, erft_step, gate_on_memory, img_buckets,
-                      last_frames_error, rollout_image_error, sample_errors, self_image_error)
+from svi.erft import (PER_SAMPLE_SOURCES, InjectionConfig, draw_injection, erft_step, gate_on_memory,
+                      img_buckets, last_frames_error, rollout_image_error, sample_errors, self_image_error)
 from svi.flow import (FlowConfig, inference_sigmas, loss_weights, nearest_grid_index, to_timesteps,
                       training_sigmas)
 from svi.lit.cadence import logs_this_step
@@ -71,7 +71,7 @@ class ERFTModule(L.LightningModule):
         self.register_buffer("grid_timesteps", grid, persistent=False)
         self.img_from = img_buckets(self.injection, grid / 1000.0)  # buckets E_img may come from (None: all)
         self.img_map = (last_frames_error(self.stack, condition.num_motion_frames, self.injection.img_source)
-                        if self.injection.enabled and self.injection.img_source in ("last_frames", "self", "rollout") else None)
+                        if self.injection.enabled and self.injection.img_source != "window" else None)
         steps = self.injection.img_rollout_steps or self.flow.num_inference_steps
         self.register_buffer("rollout_sigmas", inference_sigmas(steps, self.flow.shift), persistent=False)
 
