@@ -149,29 +149,48 @@ def _sampler(cfg: DictConfig, stack):
 
 
 def evaluate_all(cfg: DictConfig, adapters: dict[tuple[str, int], Path], out: Path) -> dict:
-    from svi.backbones.official import merge_lora, read_lora
     from svi.backbones.toy import load_toy_base
     from svi.data.toyclips import ToyWorldSpec
-    from svi.toy.evaluate import evaluate_videos
-    from svi.toy.rollout import autoencoder_round_trip, ground_truth, rollout, heldout_worlds
+    from svi.toy.evaluate import metric_pool
 
     stack = load_toy_base(cfg.base)
     base_state = {k: v.clone() for k, v in stack.transformer.state_dict().items()}
     sampler = _sampler(cfg, stack)
     spec = ToyWorldSpec(**OmegaConf.to_container(cfg.eval.world, resolve=True))
-    ev, F = cfg.eval, int(cfg.eval.num_frames)
+    ev = cfg.eval
     results: dict[int, dict[str, object]] = {}
     videos: dict[int, dict[str, np.ndarray]] = {}
     names = [BASE, *cfg.models]
     t0 = time.time()
     bar = tqdm(total=len(cfg.seeds) * len(names), desc="rollouts", unit="model")
+    pool = metric_pool(cfg.eval.get("metric_workers", 1))
+    try:
+        _rollouts(cfg, stack, sampler, spec, names, adapters, base_state, pool, results, videos, bar)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    bar.close()
+    stack.transformer.load_state_dict(base_state)
+    _log(f"rollouts of {len(names)} models x {len(cfg.seeds)} seeds x {ev.num_videos} videos x {ev.num_clips} clips "
+         f"in {time.time() - t0:.0f} s")
+    return {"results": results, "videos": videos}
+
+
+def _rollouts(cfg, stack, sampler, spec, names, adapters, base_state, pool, results, videos, bar) -> None:
+    """Per seed: the held-out worlds, their ground truth and autoencoder ceiling, then every model rolled
+    out from the base weights (plus its merged LoRA) and scored; fills `results` and `videos`."""
+    from svi.backbones.official import merge_lora, read_lora
+    from svi.toy.evaluate import evaluate_videos
+    from svi.toy.rollout import autoencoder_round_trip, ground_truth, heldout_worlds, rollout
+
+    ev, F = cfg.eval, int(cfg.eval.num_frames)
     for seed in cfg.seeds:
         worlds = heldout_worlds(spec, int(seed), int(ev.num_videos))
         K = int(sampler.num_motion_frames)
         n_frames = K + int(ev.num_clips) * (F - K)  # K true input frames, then F - K new frames per clip
         truth = ground_truth(worlds, n_frames, spec.height, spec.width)
         ceiling = autoencoder_round_trip(stack, truth, F, K)
-        results[seed] = {"ceiling": evaluate_videos(ceiling, worlds, F - K, start=K)}
+        results[seed] = {"ceiling": evaluate_videos(ceiling, worlds, F - K, start=K, pool=pool)}
         videos[seed] = {"ground_truth": truth}
         for name in names:
             stack.transformer.load_state_dict(base_state)
@@ -179,14 +198,9 @@ def evaluate_all(cfg: DictConfig, adapters: dict[tuple[str, int], Path], out: Pa
                 merge_lora(stack.transformer, read_lora(adapters[(name, int(seed))]), 1.0)
             r = rollout(sampler, worlds, int(ev.num_clips), F, noise_seed=int(seed), height=spec.height,
                         width=spec.width, desc=f"{name} seed {seed}")
-            results[seed][name] = evaluate_videos(r.videos, worlds, r.frames_per_clip, start=K)
+            results[seed][name] = evaluate_videos(r.videos, worlds, r.frames_per_clip, start=K, pool=pool)
             videos[seed][name] = r.videos
             bar.update(1)
-    bar.close()
-    stack.transformer.load_state_dict(base_state)
-    _log(f"rollouts of {len(names)} models x {len(cfg.seeds)} seeds x {ev.num_videos} videos x {ev.num_clips} clips "
-         f"in {time.time() - t0:.0f} s")
-    return {"results": results, "videos": videos}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,6 +365,15 @@ def write_side_by_side(videos: dict[str, np.ndarray], folder: Path, num: int, sc
     return paths
 
 
+def save_per_clip(results: dict, path: Path) -> Path:
+    """Every per-video, per-clip metric as `seed<s>/<model>/<metric>` -> (videos, clips) arrays, so drift
+    can be re-read for any prefix of the rollout (clip c's noise does not depend on the rollout length)."""
+    arrays = {f"seed{seed}/{name}/{k}": v for seed, r in results.items() for name, ev in r.items()
+              for k, v in ev.per_clip.items()}
+    np.savez_compressed(path, **arrays)
+    return path
+
+
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
@@ -381,12 +404,13 @@ def run(cfg: DictConfig) -> dict:
         write_run_metrics(cfg, evald["results"], dirs, out)
     t_eval = time.time() - t0 - t_train
     summary = summarise(cfg, evald["results"], {"finetune": round(t_train, 1), "rollout_eval": round(t_eval, 1)})
+    save_per_clip(evald["results"], out / "per_clip.npz")
     first = cfg.seeds[0]
     vids = {k: evald["videos"][first][k] for k in ["ground_truth", BASE, *cfg.models]}
     mp4s = write_side_by_side(vids, out / "videos", int(cfg.num_side_by_side))
     plot = plot_curves(summary, out / "drift_vs_time.png")
     summary["timings_s"]["total"] = round(time.time() - t0, 1)
-    summary["files"] = {"plot": str(plot), "videos": [str(p) for p in mp4s]}
+    summary["files"] = {"plot": str(plot), "videos": [str(p) for p in mp4s], "per_clip": str(out / "per_clip.npz")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     table = drift_table(summary)
     (out / "drift_table.md").write_text(table + "\n")

@@ -36,12 +36,35 @@ class ModelEval:
         return np.nanmean(v[:, late], axis=1) - np.nanmean(c[:, late], axis=1)
 
 
-def evaluate_videos(videos: np.ndarray, worlds: list, frames_per_clip: int, start: int = 1) -> ModelEval:
+def _video_clip_means(video: np.ndarray, world, frames_per_clip: int, start: int) -> dict[str, np.ndarray]:
+    return clip_means(frame_metrics(world, video[start:], start=start), frames_per_clip)
+
+
+def _single_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def metric_pool(workers: int):
+    """A process pool for `evaluate_videos` (the metrics are per-frame numpy, one core per worker), or
+    None for `workers` <= 1. Spawned, not forked: the parent holds torch's OpenMP threads."""
+    if int(workers) <= 1:
+        return None
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(int(workers), mp_context=mp.get_context("spawn"), initializer=_single_thread)
+
+
+def evaluate_videos(videos: np.ndarray, worlds: list, frames_per_clip: int, start: int = 1, pool=None) -> ModelEval:
     """videos uint8 (B, K + C*n, H, W, 3) -> metrics of the generated frames (the K = `start` input
-    frames excluded)."""
+    frames excluded). `pool` (from `metric_pool`) spreads the videos over processes; same numbers."""
+    n = len(videos)
+    args = (list(videos), list(worlds), [frames_per_clip] * n, [start] * n)
+    rows = list(pool.map(_video_clip_means, *args)) if pool is not None else list(map(_video_clip_means, *args))
     per: dict[str, list] = {}
-    for video, world in zip(videos, worlds):
-        m = clip_means(frame_metrics(world, video[start:], start=start), frames_per_clip)
+    for m in rows:
         for k, v in m.items():
             per.setdefault(k, []).append(v)
     return ModelEval({k: np.stack(v) for k, v in per.items()})

@@ -79,3 +79,24 @@ def test_paired_interval_and_t_quantile():
     assert iv["mean"] == -2.0 and iv["high"] < 0 < -iv["low"] and iv["better"] == 4 and iv["n"] == 4
     iv = paired_interval(np.array([1.0, -1.0, 1.0, -1.0]))
     assert iv["low"] < 0 < iv["high"]
+
+
+def test_metric_pool_gives_the_same_numbers_as_the_main_process():
+    """`eval.metric_workers`: the videos are scored in spawned processes, in order, with identical values."""
+    from svi.toy.evaluate import evaluate_videos, metric_pool
+
+    spec = ToyWorldSpec()
+    worlds = [spec.world(heldout_scene_seed(3, i)) for i in range(3)]
+    rng = np.random.default_rng(0)
+    videos = np.stack([render(w, 0, 9, 32, 32) for w in worlds]).astype(np.int16)
+    videos = np.clip(videos + rng.integers(-25, 25, videos.shape), 0, 255).astype(np.uint8)
+    videos[1, 5:] = videos[1, 5:] // 2  # one video loses its colours half way: rows must not be swapped
+    serial = evaluate_videos(videos, worlds, 4, start=1)
+    assert metric_pool(1) is None
+    with metric_pool(2) as pool:
+        pooled = evaluate_videos(videos, worlds, 4, start=1, pool=pool)
+    assert set(pooled.per_clip) == set(serial.per_clip)
+    for k, v in serial.per_clip.items():
+        assert v.shape == (3, 2)
+        np.testing.assert_array_equal(pooled.per_clip[k], v)
+    assert serial.per_clip["world_rmse"][1, 1] > serial.per_clip["world_rmse"][0, 1] + 10
