@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 ARGS ?=
 
-.PHONY: help install test test-fast demo demo-k2 toy-base toy-base-k2 train table-ablation table-toy-ablation table-consistency clean-outputs
+.PHONY: help install test test-fast demo demo-k2 demo-v1 toy-base toy-base-k2 toy-base-v1 train table-ablation table-toy-ablation table-consistency clean-outputs
 
 help:  ## list the verbs
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -29,18 +29,23 @@ test: install  ## run the whole CPU test suite (slow tests included)
 test-fast: install  ## the fast tests only
 	$(PY) -m pytest -m "not gpu and not slow" $(ARGS)
 
-demo: install  ## the main job: toy-scale SVI (plain LoRA vs ERFT from the shipped toy base, drift measured; ~13 min)
+demo: install  ## the main job: toy-scale SVI (plain LoRA vs ERFT from the shipped K = 2 toy base, drift measured; ~10 min)
 	$(VENV)/bin/svi-demo $(ARGS)
 
-demo-k2: install  ## the strongest toy result: K = 2 base, per-sample image errors, 60-clip rollouts (~27 min)
+demo-k2: install  ## make demo at twice the budget (600-step fine-tunes, 10 sampling steps; round 6, ~27 min)
 	$(VENV)/bin/svi-demo --config-name demo_k2 $(ARGS)
 
-toy-base: install  ## retrain the shipped toy base model into svi/assets/toy_base (~12 min on 2 cores)
-	$(VENV)/bin/svi-train experiment=toy_pretrain callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base $(ARGS)
+demo-v1: install  ## the demo on base v1 (K = 1, window image errors, 30 clips; rounds 1-3, ~13 min)
+	$(VENV)/bin/svi-demo --config-name demo_v1 $(ARGS)
 
-toy-base-k2: install  ## retrain the K = 2 (two motion frames) toy base into svi/assets/toy_base_k2 (~15 min)
+toy-base: install  ## retrain the K = 2 toy base of make demo into svi/assets/toy_base_k2 (~15 min on 2 cores)
 	$(VENV)/bin/svi-train experiment=toy_pretrain condition.num_motion_frames=2 \
 	  callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_k2 $(ARGS)
+
+toy-base-k2: toy-base  ## the same as make toy-base
+
+toy-base-v1: install  ## retrain toy base v1 (K = 1) into svi/assets/toy_base (~12 min on 2 cores)
+	$(VENV)/bin/svi-train experiment=toy_pretrain callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base $(ARGS)
 
 train: install  ## svi-train with ARGS="experiment=... ..."
 	$(VENV)/bin/svi-train $(ARGS)

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Paper Table 4 at toy scale, on the pretrained toy base: full ERFT, w/o E_img, w/o E_noi, w/o E_vid,
 # plain LoRA and the base, same fine-tune budget, 3 seeds. README.md says what and why.
-#   bash experiments/toy_ablation/run.sh                    # = make table-toy-ablation (~35 min on 2 cores)
+#   bash experiments/toy_ablation/run.sh                    # = make table-toy-ablation: base v1, as make demo-v1 (~35 min)
+#   K2=1 bash experiments/toy_ablation/run.sh               # make demo's setting: the K = 2 base, toy_shot_k2, 200 steps
 #   SEEDS=0 STEPS=300 bash experiments/toy_ablation/run.sh  # a quicker look
 set -euo pipefail
 PY=${PY:-python}
+if [[ -n "${K2:-}" ]]; then  # the K = 2 base: the toy_shot_k2 recipe, evaluated as make demo
+    EXPERIMENT=${EXPERIMENT:-toy_shot_k2}; DEMO=${DEMO:-demo}; STEPS=${STEPS:-200}
+    OUT=${OUT:-outputs/experiments/toy_ablation_k2}
+fi
+EXPERIMENT=${EXPERIMENT:-toy_shot}      # the fine-tune recipe (conf/experiment/)
+DEMO=${DEMO:-demo_v1}                   # the svi-demo config that rolls out and scores (same base and K)
 OUT=${OUT:-outputs/experiments/toy_ablation}
 SEEDS=${SEEDS:-0,1,2}
 STEPS=${STEPS:-600}
@@ -14,12 +21,12 @@ q() { printf "'%s'" "$1"; }   # quote a path for Hydra: sweep job folders contai
 
 # 1. One Hydra multirun: every ablation x seed fine-tunes the same toy base for the same steps
 #    (joblib launcher, JOBS runs side by side, one thread each). Each job exports its LoRA to <job>/adapter.
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} $PY -m svi.train -m experiment=toy_shot ablation="$ABLATIONS" seed="$SEEDS" \
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} $PY -m svi.train -m experiment="$EXPERIMENT" ablation="$ABLATIONS" seed="$SEEDS" \
     trainer.max_steps="$STEPS" hydra/launcher=joblib hydra.launcher.n_jobs="$JOBS" hydra.sweep.dir="$(q "$OUT/train")"
 
 # 2. Roll out every LoRA and the base on each seed's held-out worlds (same worlds and noise for every row);
 #    each run gets metrics.json, the base gets eval/base_seed<k>/.
-$PY -m svi.toy.demo adapters="$(q "$OUT/train/*")" hydra.run.dir="$(q "$OUT/eval")"
+$PY -m svi.toy.demo --config-name "$DEMO" adapters="$(q "$OUT/train/*")" hydra.run.dir="$(q "$OUT/eval")"
 
 # 3. The table: one row per ablation, mean +- std over seeds.
 $PY -m svi.table runs="$(q "$OUT/*/*")" \
