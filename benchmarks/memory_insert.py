@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from svi.erft.memory import ErrorBank, storage_dtype
+from svi.erft.memory import ErrorBank, MemoryConfig, storage_dtype
 
 
 def errors(n: int, shape, dtype, generator: torch.Generator, kind: str):
@@ -110,7 +110,8 @@ def main() -> None:
     # ---------------------------------------------------------------- ours
     results = {}
     for replacement, rerank in (("l2", 0), ("l2_sketch", 0), ("l2_sketch", 8), ("l2_sketch", 32)):
-        bank = ErrorBank(num_buckets=1, capacity=z, replacement=replacement, dtype=dtype, sketch_rerank=rerank)
+        bank = ErrorBank(MemoryConfig(num_grids=1, capacity=z, replacement=replacement, dtype=dtype,
+                                      sketch_rerank=rerank))
         g = torch.Generator().manual_seed(0)
         fill = []
         for e in errors(z, shape, dtype, g, "structured"):
@@ -135,7 +136,7 @@ def main() -> None:
     for kind in ("structured", "gaussian"):
         for k in args.sketch_dims:
             g = torch.Generator().manual_seed(1)
-            bank = ErrorBank(num_buckets=1, capacity=z, replacement="l2_sketch", dtype=dtype, sketch_dim=k)
+            bank = ErrorBank(MemoryConfig(num_grids=1, capacity=z, replacement="l2_sketch", dtype=dtype, sketch_dim=k))
             for e in errors(z, shape, dtype, g, kind):
                 bank.add(0, e)
             bk = bank._buckets[0]

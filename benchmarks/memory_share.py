@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from svi.erft.memory import ErrorBank
+from svi.erft.memory import ErrorBank, MemoryConfig
 
 
 def _free_port() -> int:
@@ -38,7 +38,7 @@ def worker(rank: int, world: int, port: int, args, out) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     shape, dtype = tuple(args.shape), torch.bfloat16
     g = torch.Generator().manual_seed(rank)
-    bank = ErrorBank(num_buckets=1, capacity=args.z, replacement=args.replacement, dtype=dtype)
+    bank = ErrorBank(MemoryConfig(num_grids=1, capacity=args.z, replacement=args.replacement, dtype=dtype))
     if rank == 0:  # the writer (and, for the per-rank figure, a rank's own memory)
         for _ in range(args.z):  # a full bucket: inserts pay the replacement search
             bank.add(0, torch.randn(shape, generator=g).to(dtype))

@@ -1,4 +1,4 @@
-"""ErrorReplayCallback: owns the replay memory of ERFT (SPEC §3 step 7).
+"""ErrorReplayCallback: owns the replay memory of ERFT (docs/method.md, "Storing errors").
 
 Per training iteration (per `training_step`, i.e. per micro-batch under gradient accumulation, as
 the official code does) it takes the errors the module measured and stores them:
@@ -10,9 +10,10 @@ the official code does) it takes the errors the module measured and stores them:
   collective from a generator seeded identically on all ranks, so the banks stay identical.
 - Afterwards each rank inserts only its own errors, with coins from a per-rank generator.
 
-Errors of clean samples (nothing injected) are stored only with probability
-`clean_buffer_update_prob`: they would otherwise crowd the bank with errors of a situation the
-model never meets at inference. Non-finite errors are refused and counted by the memory.
+Errors of clean samples are stored only with probability `clean_buffer_update_prob`: they would
+otherwise crowd the bank with errors of a situation the model never meets at inference. Which samples
+count as clean is the module's decision (`injection.clean_flag`; officially the clean coin). Non-finite
+errors are refused and counted by the memory.
 
 The memory, the iteration count and both generators are saved with the checkpoint (the per-rank
 generator of every rank: gathered when the checkpoint is dumped). Under DDP the checkpoint is written
@@ -26,34 +27,32 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 
-from svi.erft.memory import ReplayMemory, storage_dtype
-from svi.lit.cadence import logs_this_step
-from svi.lit.rank_state import gather_per_rank, own_rank_state
+from svi.config import as_dataclass
+from svi.erft.memory import MemoryConfig, ReplayMemory
+from svi.utils.cadence import logs_this_step
+from svi.utils.rank_state import gather_per_rank, own_rank_state
 
 
 class ErrorReplayCallback(L.Callback):
     """Owns the replay memory; see the module docstring.
 
-    Memory knobs (`conf/memory/*`): num_grids (N_test buckets), capacity (Z), replacement (l2 | l2_sketch |
-    random | fifo), dtype (float32 | bfloat16 | float16 | float8), device (cpu | cuda), budget_gib (caps Z
-    for both banks together; null = Z only), grow_by (entries allocated at a time), sketch_dim /
-    sketch_rerank (l2_sketch), pin_memory (null = when CUDA is available).
+    Args:
+        memory: the `MemoryConfig` node (`conf/memory/*.yaml`: buckets, Z, replacement, warmup W, storage).
+        clean_buffer_update_prob: probability of storing the errors of a clean sample.
+        enabled: false for plain LoRA fine-tuning (no memory at all).
+        seed: seeds the store coins and the count-sketch.
+        log_buckets_every_n_steps: per-bucket fill logged this often (`erft/bucket/NN`).
     """
 
-    def __init__(self, num_grids: int = 50, capacity: int = 500, replacement: str = "l2", warmup_steps: int = 50,
-                 clean_buffer_update_prob: float = 0.1, enabled: bool = True, dtype: str = "float32",
-                 device: str = "cpu", seed: int = 0, log_buckets_every_n_steps: int = 50,
-                 budget_gib: float | None = None, grow_by: int = 16, sketch_dim: int = 256, sketch_rerank: int = 0,
-                 pin_memory: bool | None = None):
+    def __init__(self, memory: MemoryConfig | dict | None = None, clean_buffer_update_prob: float = 0.1,
+                 enabled: bool = True, seed: int = 0, log_buckets_every_n_steps: int = 50):
+        config = as_dataclass(MemoryConfig, memory)
         self.enabled = enabled
-        self.warmup_steps = warmup_steps  # W
+        self.warmup_steps = config.warmup_steps  # W
         self.clean_buffer_update_prob = clean_buffer_update_prob
         self.log_buckets_every_n_steps = log_buckets_every_n_steps
         self.seed = seed
-        budget = None if budget_gib is None else int(budget_gib * 2**30)
-        self.memory = ReplayMemory(num_grids, capacity, replacement, storage_dtype(dtype), device,
-                                   budget_bytes=budget, grow_by=grow_by, sketch_dim=sketch_dim, sketch_seed=seed,
-                                   sketch_rerank=sketch_rerank, pin_memory=pin_memory) if enabled else None
+        self.memory = ReplayMemory(config, sketch_seed=seed) if enabled else None
         self.iterations = 0  # training_step calls seen; identical on every rank
         self.shared_generator = torch.Generator().manual_seed(seed)  # same stream on all ranks
         self.local_generator = torch.Generator().manual_seed(seed + 1)  # re-seeded per rank in setup
@@ -68,7 +67,7 @@ class ErrorReplayCallback(L.Callback):
         if not self.enabled:
             return
         self.local_generator.manual_seed(self.seed + 1 + 7919 * trainer.global_rank)
-        pl_module.error_memory = self.memory
+        pl_module.error_memory = self.memory.reader()
 
     # ------------------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

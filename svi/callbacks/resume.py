@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler
 
-from svi.lit.rank_state import gather_per_rank, own_rank_state
+from svi.utils.rank_state import gather_per_rank, own_rank_state
 
 
 class _SkipFirst:

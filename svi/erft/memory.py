@@ -4,8 +4,8 @@ Error-Recycling Fine-Tuning stores the errors the model makes during training (l
 tensors, e.g. (16, T, h, w)) in buckets indexed by the timestep-grid index n, and later injects
 samples of them into clean training inputs so the model learns to correct its own drift.
 
-At paper scale the memory is a real design constraint (SPEC §9): one 81x480x832 error is 4 MiB in
-bf16, a bucket of Z = 500 is 2 GiB and a full bank of 50 buckets ~100 GiB. Hence:
+At paper scale the memory is a real design constraint: one 81x480x832 error is 4 MiB in bf16, a
+bucket of Z = 500 is 2 GiB and a full bank of 50 buckets ~100 GiB. Hence:
 
 - storage grows in chunks of `grow_by` entries as a bucket fills (never a full bucket up front) and
   an insert writes one entry in place: O(D), no re-stacking of the bucket;
@@ -17,10 +17,15 @@ bf16, a bucket of Z = 500 is 2 GiB and a full bank of 50 buckets ~100 GiB. Hence
 - replacement of the nearest entry when a bucket is full: "l2" searches exactly (reads the whole
   bucket, O(Z*D)); "l2_sketch" searches in a count-sketch space (O(D) per insert to sketch the new
   error, then O(Z*k)), optionally re-ranking the best `sketch_rerank` candidates exactly.
+
+Every knob is declared once, in `MemoryConfig` (`conf/memory/*.yaml` sets it; the replay callback
+receives it as one node). The training module only reads the memory, through a `MemoryReader`.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -29,6 +34,40 @@ REPLACEMENTS = ("l2", "l2_sketch", "random", "fifo")
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                   "float8": torch.float8_e4m3fn}
 _FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448: the per-entry scale maps max|e| here
+
+
+@dataclass
+class MemoryConfig:
+    """The replay memory's knobs (paper values); `conf/memory/*.yaml` sets them, typed."""
+
+    num_grids: int = 50  # N_test: buckets = nearest of the 50 shifted inference timesteps
+    capacity: int = 500  # Z: errors kept per bucket
+    replacement: str = "l2"  # full bucket: l2 (exact nearest) | l2_sketch (nearest in sketch space) | random | fifo
+    warmup_steps: int = 50  # W: iterations during which all ranks all-gather their errors
+    dtype: str = "float32"  # storage dtype: float32 | bfloat16 | float16 | float8 (e4m3 + a scale per entry)
+    device: str = "cpu"  # where the banks live: cpu (pinned when CUDA is available) | cuda
+    budget_gib: Optional[float] = None  # cap on both banks' bytes; Z shrinks to fit (None: Z only)
+    grow_by: int = 16  # entries allocated at a time as a bucket fills
+    sketch_dim: int = 256  # l2_sketch: count-sketch size per entry
+    sketch_rerank: int = 0  # l2_sketch: re-rank this many best sketch candidates exactly (0: none)
+    pin_memory: Optional[bool] = None  # pin CPU storage; None: when CUDA is available
+
+    def __post_init__(self) -> None:
+        if self.replacement not in REPLACEMENTS:
+            raise ValueError(f"memory.replacement must be one of {REPLACEMENTS}, got {self.replacement!r}")
+        for name in ("num_grids", "capacity", "grow_by", "sketch_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"memory.{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.sketch_rerank < 0:
+            raise ValueError(f"memory.warmup_steps and memory.sketch_rerank must be >= 0, got "
+                             f"{self.warmup_steps}, {self.sketch_rerank}")
+        if self.budget_gib is not None and self.budget_gib <= 0:
+            raise ValueError(f"memory.budget_gib must be positive or null, got {self.budget_gib}")
+        storage_dtype(self.dtype)  # validates the name
+
+    @property
+    def budget_bytes(self) -> int | None:
+        return None if self.budget_gib is None else int(self.budget_gib * 2**30)
 
 
 def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -101,42 +140,29 @@ class ErrorBank:
     """Errors bucketed by timestep grid; capacity Z per bucket (or what a memory budget allows).
 
     Args:
-        num_buckets: N_test buckets (grid indices).
-        capacity: Z, entries per bucket.
-        replacement: when a bucket is full, "l2" (replace the exact nearest entry), "l2_sketch" (nearest
-            in count-sketch space), "random" or "fifo".
-        dtype: storage dtype ("float32" | "bfloat16" | "float16" | "float8" or a torch dtype).
-        device: storage device ("cpu" or "cuda").
+        config: the `MemoryConfig` (buckets, Z, replacement, storage dtype and device, chunk size,
+            sketch size and re-ranking, pinning); the budget comes from `budget_bytes`.
         budget_bytes: cap on this bank's bytes; the effective capacity min(Z, fits) is derived at the
             first insert, when the entry size is known. None: Z only.
-        grow_by: entries allocated at a time as a bucket fills.
-        sketch_dim, sketch_seed: count-sketch size and seed for "l2_sketch".
-        sketch_rerank: "l2_sketch" re-ranks this many best sketch candidates with exact distances
-            (0 or 1: the sketch's nearest is taken as is).
-        pin_memory: pin CPU storage (fast host-to-GPU copies); None: when CUDA is available.
+        sketch_seed: seed of the count-sketch of "l2_sketch".
     """
 
     search_block = 1 << 22  # elements per float32 block of the exact search (bounds upcast memory)
 
-    def __init__(self, num_buckets: int = 50, capacity: int = 500, replacement: str = "l2",
-                 dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 budget_bytes: int | None = None, grow_by: int = 16, sketch_dim: int = 256, sketch_seed: int = 0,
-                 sketch_rerank: int = 0, pin_memory: bool | None = None):
-        if replacement not in REPLACEMENTS:
-            raise ValueError(f"replacement must be one of {REPLACEMENTS}, got {replacement!r}")
-        if num_buckets < 1 or capacity < 1 or grow_by < 1 or sketch_dim < 1:
-            raise ValueError(f"num_buckets, capacity, grow_by and sketch_dim must be >= 1, got {num_buckets}, "
-                             f"{capacity}, {grow_by}, {sketch_dim}")
+    def __init__(self, config: MemoryConfig | None = None, budget_bytes: int | None = None, sketch_seed: int = 0):
+        config = config or MemoryConfig()
         if budget_bytes is not None and budget_bytes <= 0:
             raise ValueError(f"budget_bytes must be positive or None, got {budget_bytes}")
-        self.num_buckets, self.capacity, self.replacement = int(num_buckets), int(capacity), replacement
-        self.dtype, self.device = storage_dtype(dtype), torch.device(device)
+        self.config = config
+        self.num_buckets, self.capacity, self.replacement = config.num_grids, config.capacity, config.replacement
+        self.dtype, self.device = storage_dtype(config.dtype), torch.device(config.device)
         self.budget_bytes = None if budget_bytes is None else int(budget_bytes)
-        self.grow_by, self.sketch_dim, self.sketch_seed = int(grow_by), int(sketch_dim), int(sketch_seed)
-        self.sketch_rerank = int(sketch_rerank)
-        if pin_memory is None:
-            pin_memory = self.device.type == "cpu" and torch.cuda.is_available()
-        self.pin_memory = bool(pin_memory) and self.device.type == "cpu"
+        self.grow_by, self.sketch_dim, self.sketch_seed = config.grow_by, config.sketch_dim, int(sketch_seed)
+        self.sketch_rerank = config.sketch_rerank
+        pin = config.pin_memory
+        if pin is None:
+            pin = self.device.type == "cpu" and torch.cuda.is_available()
+        self.pin_memory = bool(pin) and self.device.type == "cpu"
         self._reset()
 
     def _reset(self) -> None:
@@ -379,30 +405,41 @@ class ErrorBank:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
-        """Config, counters and only the filled part of each bucket (concatenated in bucket order)."""
-        filled = [b for b in self._buckets if b.count > 0]
+        """Config, counters and the stored entries as each bucket holds them (its chunks, not copied).
 
-        def cat(get) -> Tensor:
+        The entries are not concatenated: at paper size that would be a transient copy of the whole
+        bank (~100 GiB) at every checkpoint. A bucket's last chunk may hold a few unused rows.
+        """
+        def meta(get) -> Tensor:  # small per-entry rows, (sum count, ...) float32
+            filled = [b for b in self._buckets if b.count > 0]
             return torch.cat([get(b)[: b.count].cpu() for b in filled]) if filled else torch.empty(0)
 
-        entries = cat(lambda b: torch.cat(b.chunks)) if filled else torch.empty(0, dtype=self.dtype)
         sd = {"num_buckets": self.num_buckets, "capacity": self.capacity, "replacement": self.replacement,
               "dtype": _dtype_name(self.dtype), "has_shape": self.entry_shape is not None,
               "entry_shape": torch.tensor(self.entry_shape or (), dtype=torch.long),
               "effective_capacity": self.z,
               "counts": self.counts,
               "fifo_ptr": torch.tensor([b.fifo_ptr for b in self._buckets], dtype=torch.long),
-              "entries": entries,  # (sum n, *entry_shape) in the storage dtype
+              "chunks": [list(b.chunks) for b in self._buckets],  # per bucket: (rows, *entry_shape) each
               "num_inserted": self.num_inserted, "num_replaced": self.num_replaced,
               "num_nonfinite": self.num_nonfinite}
         if self._uses_norms:
-            sd["norms"] = cat(lambda b: b.norms)  # (sum n,) float32
+            sd["norms"] = meta(lambda b: b.norms)  # (sum count,) float32
         if self.quantized:
-            sd["scales"] = cat(lambda b: b.scales)  # (sum n,) float32
+            sd["scales"] = meta(lambda b: b.scales)  # (sum count,) float32
         if self.replacement == "l2_sketch":
-            sd["sketches"] = cat(lambda b: b.sketches) if filled else torch.empty(0, self.sketch_dim)
+            sd["sketches"] = meta(lambda b: b.sketches) if len(self) else torch.empty(0, self.sketch_dim)
             sd["sketch_dim"], sd["sketch_seed"] = self.sketch_dim, self.sketch_seed
         return sd
+
+    @staticmethod
+    def stored_rows(sd: dict) -> list[list[Tensor]]:
+        """Per bucket of a bank's state dict, its stored entries in slot order (views of the saved chunks)."""
+        counts = [int(c) for c in sd["counts"].tolist()]
+        if "entries" in sd:  # the earlier layout: every entry concatenated in bucket order
+            parts = torch.split(sd["entries"], counts) if sum(counts) else [sd["entries"][:0]] * len(counts)
+            return [list(p) for p in parts]
+        return [[row for chunk in chunks for row in chunk][:n] for chunks, n in zip(sd["chunks"], counts)]
 
     def load_state_dict(self, sd: dict) -> None:
         for key in ("num_buckets", "capacity", "replacement"):
@@ -410,8 +447,10 @@ class ErrorBank:
                 raise ValueError(f"state_dict {key}={sd[key]!r} does not match this bank's "
                                  f"{getattr(self, key)!r}")
         counts = [int(c) for c in sd["counts"].tolist()]
-        entries = sd["entries"]
-        if len(counts) != self.num_buckets or sum(counts) != entries.shape[0]:
+        if len(counts) != self.num_buckets:
+            raise ValueError("state_dict counts do not match this bank's buckets")
+        stored = self.stored_rows(sd)
+        if any(len(rows) != n for rows, n in zip(stored, counts)):
             raise ValueError("state_dict counts do not match its stored entries")
         self._reset()
         if not sd["has_shape"]:
@@ -425,7 +464,7 @@ class ErrorBank:
         same_sketch = (same_dtype and sd.get("sketch_dim") == self.sketch_dim
                        and sd.get("sketch_seed") == self.sketch_seed)
         offset = 0
-        for bucket, n in enumerate(counts):
+        for bucket, (n, rows) in enumerate(zip(counts, stored)):
             if n == 0:
                 continue
             bk = self._buckets[bucket]
@@ -435,9 +474,9 @@ class ErrorBank:
             part = slice(offset, offset + n)
             offset += n
             if same_dtype:
-                for i in range(n):
-                    chunk, row = bk.locate(i)
-                    chunk[row].copy_(entries[part][i])
+                for i, row in enumerate(rows):
+                    chunk, r = bk.locate(i)
+                    chunk[r].copy_(row)
                 if self.quantized:
                     bk.scales[:n] = sd["scales"][part]
                 if self._uses_norms:
@@ -448,8 +487,8 @@ class ErrorBank:
                     for i in range(n):
                         bk.sketches[i] = self._sketch(self._read(bk, i).reshape(-1))
             else:  # a different storage dtype: re-store each dequantised entry (norms, scales, sketches anew)
-                for i in range(n):
-                    value = entries[part][i].float()
+                for i, row in enumerate(rows):
+                    value = row.float()
                     if sd["dtype"] == "float8":
                         value = value * sd["scales"][part][i]
                     self._write(bk, i, value)
@@ -465,16 +504,18 @@ class ErrorBank:
 class ReplayMemory:
     """The two banks of ERFT: B_vid (video/latent-side errors) and B_noi (noise-side errors).
 
-    `budget_bytes` covers both banks (half each); the other arguments are those of `ErrorBank`.
+    `config.budget_gib` covers both banks (half each); `sketch_seed` seeds the count-sketch of l2_sketch.
     """
 
-    def __init__(self, num_buckets: int = 50, capacity: int = 500, replacement: str = "l2",
-                 dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 budget_bytes: int | None = None, **bank_kwargs):
-        kw = dict(num_buckets=num_buckets, capacity=capacity, replacement=replacement, dtype=dtype, device=device,
-                  budget_bytes=None if budget_bytes is None else budget_bytes // 2, **bank_kwargs)
-        self.vid = ErrorBank(**kw)
-        self.noi = ErrorBank(**kw)
+    def __init__(self, config: MemoryConfig | None = None, sketch_seed: int = 0):
+        self.config = config = config or MemoryConfig()
+        budget = None if config.budget_bytes is None else config.budget_bytes // 2
+        self.vid = ErrorBank(config, budget, sketch_seed)
+        self.noi = ErrorBank(config, budget, sketch_seed)
+
+    def reader(self) -> "MemoryReader":
+        """A read-only view for the training module (only the replay callback stores errors)."""
+        return MemoryReader(self)
 
     def add(self, buckets: Tensor, e_vid: Tensor, e_noi: Tensor, keep: Tensor | None = None,
             generator: torch.Generator | None = None) -> int:
@@ -523,3 +564,32 @@ class ReplayMemory:
     def load_state_dict(self, sd: dict) -> None:
         self.vid.load_state_dict(sd["vid"])
         self.noi.load_state_dict(sd["noi"])
+
+
+class MemoryReader:
+    """What the training module may do with the replay memory: look at it and draw from it, never store.
+
+    `bank` is "vid" (B_vid, the video-side errors E_vid) or "noi" (B_noi, the noise-side errors E_noi).
+    """
+
+    def __init__(self, memory: ReplayMemory):
+        self._banks = {"vid": memory.vid, "noi": memory.noi}
+
+    @property
+    def num_buckets(self) -> int:
+        return self._banks["vid"].num_buckets
+
+    def nonempty(self, bank: str) -> Tensor:
+        """(num_buckets,) bool: which buckets of `bank` hold at least one error."""
+        return self._banks[bank].nonempty_mask
+
+    def size(self, bank: str) -> int:
+        return len(self._banks[bank])
+
+    def sample(self, bank: str, bucket: int, generator: torch.Generator | None = None) -> Tensor:
+        """A uniformly random error of `bucket`, float32 (*entry_shape)."""
+        return self._banks[bank].sample(bucket, generator)
+
+    def sample_any(self, bank: str, generator: torch.Generator | None = None, buckets=None) -> Tensor:
+        """A uniformly random error over all stored ones (or over those of `buckets`), float32."""
+        return self._banks[bank].sample_any(generator, buckets)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from svi.erft.memory import ErrorBank
+
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
@@ -17,11 +19,7 @@ W, STEPS = 3, 8
 
 def _entries(sd: dict) -> list[tuple[int, torch.Tensor]]:
     """(bucket, entry) pairs of a bank's state_dict in bucket order, insertion order within a bucket."""
-    out, offset = [], 0
-    for bucket, n in enumerate(sd["counts"].tolist()):
-        out += [(bucket, sd["entries"][offset + i]) for i in range(n)]
-        offset += n
-    return out
+    return [(bucket, row) for bucket, rows in enumerate(ErrorBank.stored_rows(sd)) for row in rows]
 
 
 def _produced(ranks: list[dict], key: str, steps: range) -> list[tuple[int, int, int, torch.Tensor]]:
@@ -67,8 +65,10 @@ def test_memories_identical_after_warmup_and_hold_all_ranks_errors(ddp_run):
     for bank in ("vid", "noi"):
         a, b = warm[0][bank], warm[1][bank]
         assert a.keys() == b.keys()
-        for k in a:
+        for k in a.keys() - {"chunks"}:
             assert (torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]), (bank, k)
+        assert len(_entries(a)) == len(_entries(b)) > 0
+        assert all(ba == bb and torch.equal(ea, eb) for (ba, ea), (bb, eb) in zip(_entries(a), _entries(b)))
     for bank, key in (("vid", "e_vid"), ("noi", "e_noi")):
         produced = _produced(ranks, key, range(W))
         owners = [_owners(produced, b, e) for b, e in _entries(warm[0][bank])]
@@ -85,17 +85,15 @@ def test_after_warmup_each_rank_adds_only_its_own(ddp_run):
     for r in (0, 1):
         for bank, key in (("vid", "e_vid"), ("noi", "e_noi")):
             before = warm[r][bank]["counts"].tolist()
-            end = ranks[r]["memory"][bank]
-            offset, new = 0, []
-            for bucket, n in enumerate(end["counts"].tolist()):  # no replacement (Z=500): new entries are appended
-                new += [(bucket, end["entries"][offset + i]) for i in range(before[bucket], n)]
-                offset += n
+            end = ErrorBank.stored_rows(ranks[r]["memory"][bank])
+            new = [(bucket, row) for bucket, rows in enumerate(end)  # no replacement (Z=500): new entries are appended
+                   for row in rows[before[bucket]:]]
             owners = [_owners(_produced(ranks, key, range(W, STEPS)), b, e) for b, e in new]
             assert all(len(o) == 1 and o[0][0] == r for o in owners), (r, bank, owners)
             must = {(r, s) for s in range(W, STEPS) if not bool(ranks[r]["own"][s]["clean"][0])}
             assert must <= {o[0] for o in owners}
-    assert not torch.equal(ranks[0]["memory"]["vid"]["counts"], ranks[1]["memory"]["vid"]["counts"]) or \
-        not torch.equal(ranks[0]["memory"]["vid"]["entries"], ranks[1]["memory"]["vid"]["entries"])
+    ends = [_entries(ranks[r]["memory"]["vid"]) for r in (0, 1)]
+    assert len(ends[0]) != len(ends[1]) or not all(torch.equal(a, b) for (_, a), (_, b) in zip(*ends))
 
 
 def test_ranks_drew_different_decisions(ddp_run):

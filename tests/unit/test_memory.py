@@ -4,9 +4,19 @@ import math
 import pytest
 import torch
 
-from svi.erft.memory import ErrorBank, ReplayMemory
+from svi.erft.memory import ErrorBank, MemoryConfig, MemoryReader, ReplayMemory
 
 SHAPE = (2, 3, 4)  # a tiny stand-in for a (16, T, h, w) latent error
+
+
+def make_bank(num_buckets: int = 50, budget_bytes: int | None = None, sketch_seed: int = 0, **config) -> ErrorBank:
+    """An ErrorBank of a MemoryConfig (`num_buckets` = memory.num_grids)."""
+    return ErrorBank(MemoryConfig(num_grids=num_buckets, **config), budget_bytes, sketch_seed)
+
+
+def make_memory(num_buckets: int = 50, budget_bytes: int | None = None, **config) -> ReplayMemory:
+    budget_gib = None if budget_bytes is None else budget_bytes / 2**30
+    return ReplayMemory(MemoryConfig(num_grids=num_buckets, budget_gib=budget_gib, **config))
 
 
 def _const(v: float, shape=SHAPE) -> torch.Tensor:
@@ -22,15 +32,15 @@ def _brute_nearest(stored: torch.Tensor, new: torch.Tensor) -> int:
 # ---------------------------------------------------------------- construction / bookkeeping
 def test_invalid_config():
     with pytest.raises(ValueError, match="l2.*random.*fifo"):
-        ErrorBank(replacement="nearest")
+        make_bank(replacement="nearest")
     with pytest.raises(ValueError):
-        ErrorBank(capacity=0)
+        make_bank(capacity=0)
     with pytest.raises(ValueError):
-        ErrorBank(num_buckets=0)
+        make_bank(num_buckets=0)
 
 
 def test_capacity_counts_and_lazy_allocation():
-    bank = ErrorBank(num_buckets=4, capacity=3, replacement="fifo")
+    bank = make_bank(num_buckets=4, capacity=3, replacement="fifo")
     assert bank.nbytes == 0 and len(bank) == 0 and bank.is_empty(0)
     assert bank.entries(2).shape[0] == 0
     for i in range(5):
@@ -46,7 +56,7 @@ def test_capacity_counts_and_lazy_allocation():
 
 
 def test_shape_mismatch_and_bucket_range():
-    bank = ErrorBank(num_buckets=2, capacity=2)
+    bank = make_bank(num_buckets=2, capacity=2)
     bank.add(0, torch.zeros(SHAPE))
     with pytest.raises(ValueError, match=r"\(2, 3, 5\).*\(2, 3, 4\)"):
         bank.add(1, torch.zeros(2, 3, 5))
@@ -58,7 +68,7 @@ def test_shape_mismatch_and_bucket_range():
 
 
 def test_nonfinite_refused():
-    bank = ErrorBank(num_buckets=2, capacity=2)
+    bank = make_bank(num_buckets=2, capacity=2)
     bank.add(0, _const(1.0))
     before = bank.entries(0).clone()
     bad = _const(2.0)
@@ -74,7 +84,7 @@ def test_nonfinite_refused():
 
 # ---------------------------------------------------------------- replacement policies
 def test_l2_replaces_exact_nearest():
-    bank = ErrorBank(num_buckets=1, capacity=4, replacement="l2")
+    bank = make_bank(num_buckets=1, capacity=4, replacement="l2")
     for v in (0.0, 10.0, 20.0, 30.0):
         bank.add(0, _const(v))
     bank.add(0, _const(18.0))  # nearest is the 20.0 entry in slot 2
@@ -89,7 +99,7 @@ def test_l2_replaces_exact_nearest():
 def test_l2_matches_bruteforce_on_random_data(dtype, monkeypatch):
     monkeypatch.setattr(ErrorBank, "search_block", 5)  # exercise the blocked search with ragged tails
     g = torch.Generator().manual_seed(0)
-    bank = ErrorBank(num_buckets=2, capacity=8, replacement="l2", dtype=dtype, grow_by=3)  # chunks 3+3+2
+    bank = make_bank(num_buckets=2, capacity=8, replacement="l2", dtype=dtype, grow_by=3)  # chunks 3+3+2
     for _ in range(8):
         bank.add(1, torch.randn(SHAPE, generator=g))
     for _ in range(20):
@@ -105,7 +115,7 @@ def test_l2_matches_bruteforce_on_random_data(dtype, monkeypatch):
 
 
 def test_fifo_replaces_oldest():
-    bank = ErrorBank(num_buckets=1, capacity=3, replacement="fifo")
+    bank = make_bank(num_buckets=1, capacity=3, replacement="fifo")
     for v in range(3):
         bank.add(0, _const(v))
     for v in range(3, 8):
@@ -116,7 +126,7 @@ def test_fifo_replaces_oldest():
 
 def test_random_replacement_keeps_capacity_and_is_seeded():
     def run(seed):
-        bank = ErrorBank(num_buckets=1, capacity=4, replacement="random")
+        bank = make_bank(num_buckets=1, capacity=4, replacement="random")
         g = torch.Generator().manual_seed(seed)
         for v in range(4):
             bank.add(0, _const(v))
@@ -134,7 +144,7 @@ def test_random_replacement_keeps_capacity_and_is_seeded():
 
 # ---------------------------------------------------------------- sampling
 def test_sample_returns_float32_copy_of_stored_entry():
-    bank = ErrorBank(num_buckets=3, capacity=5, dtype=torch.bfloat16)
+    bank = make_bank(num_buckets=3, capacity=5, dtype=torch.bfloat16)
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
         bank.add(2, torch.randn(SHAPE, generator=g))
@@ -149,11 +159,11 @@ def test_sample_returns_float32_copy_of_stored_entry():
     with pytest.raises(RuntimeError, match="empty"):
         bank.sample(0)
     with pytest.raises(RuntimeError, match="empty"):
-        ErrorBank(num_buckets=2, capacity=2).sample_any()
+        make_bank(num_buckets=2, capacity=2).sample_any()
 
 
 def test_sample_copy_float32_storage():
-    bank = ErrorBank(num_buckets=1, capacity=1)
+    bank = make_bank(num_buckets=1, capacity=1)
     bank.add(0, _const(3.0))
     s = bank.sample(0)
     s.fill_(-1.0)
@@ -161,7 +171,7 @@ def test_sample_copy_float32_storage():
 
 
 def test_sample_any_uniform_over_entries_not_buckets():
-    bank = ErrorBank(num_buckets=2, capacity=16, replacement="fifo")
+    bank = make_bank(num_buckets=2, capacity=16, replacement="fifo")
     bank.add(0, _const(-1.0))  # bucket 0: one entry, marked negative
     for v in range(9):
         bank.add(1, _const(v + 1))  # bucket 1: nine positive entries
@@ -176,7 +186,7 @@ def test_sample_any_uniform_over_entries_not_buckets():
 @pytest.mark.parametrize("replacement", ["l2", "random", "fifo"])
 def test_state_dict_round_trip_continues_identically(replacement, tmp_path):
     g = torch.Generator().manual_seed(0)
-    bank = ErrorBank(num_buckets=3, capacity=4, replacement=replacement, dtype=torch.bfloat16)
+    bank = make_bank(num_buckets=3, capacity=4, replacement=replacement, dtype=torch.bfloat16)
     for _ in range(9):
         bank.add(int(torch.randint(0, 2, (1,), generator=g)), torch.randn(SHAPE, generator=g))
     bad = torch.full(SHAPE, float("nan"))
@@ -184,7 +194,7 @@ def test_state_dict_round_trip_continues_identically(replacement, tmp_path):
 
     path = tmp_path / "bank.pt"
     torch.save(bank.state_dict(), path)
-    clone = ErrorBank(num_buckets=3, capacity=4, replacement=replacement, dtype=torch.bfloat16)
+    clone = make_bank(num_buckets=3, capacity=4, replacement=replacement, dtype=torch.bfloat16)
     clone.load_state_dict(torch.load(path, weights_only=True))
     assert torch.equal(clone.counts, bank.counts) and clone.nbytes == bank.nbytes
     assert (clone.num_inserted, clone.num_replaced, clone.num_nonfinite) == (
@@ -201,29 +211,61 @@ def test_state_dict_round_trip_continues_identically(replacement, tmp_path):
     assert torch.equal(bank.sample_any(generator=ga), clone.sample_any(generator=gb))
 
 
-def test_state_dict_stores_only_filled_part():
-    bank = ErrorBank(num_buckets=4, capacity=100)
-    bank.add(0, torch.randn(SHAPE))
+def test_state_dict_holds_the_buckets_chunks_without_a_copy():
+    """A checkpoint must not make a transient copy of the whole memory (~100 GiB per bank at paper size):
+    the state dict hands over each bucket's own storage chunks, and only buckets that hold something."""
+    bank = make_bank(num_buckets=4, capacity=100, grow_by=3)
+    for _ in range(4):
+        bank.add(0, torch.randn(SHAPE))
     bank.add(3, torch.randn(SHAPE))
     sd = bank.state_dict()
-    assert sd["entries"].shape == (2, *SHAPE)
-    assert all(isinstance(v, (torch.Tensor, int, float, str, bool)) for v in sd.values())
+    chunks = sd["chunks"]
+    assert [len(c) for c in chunks] == [2, 0, 0, 1]  # 4 entries in chunks of 3; bucket 3 one chunk
+    assert all(c.shape[0] <= 3 for bucket in chunks for c in bucket)
+    assert chunks[0][0].data_ptr() == bank._buckets[0].chunks[0].data_ptr()  # the storage itself
+    assert sd["counts"].tolist() == [4, 0, 0, 1]
+    clone = make_bank(num_buckets=4, capacity=100, grow_by=5)  # another chunk size loads the same entries
+    clone.load_state_dict(sd)
+    for b in range(4):
+        assert torch.equal(clone.entries(b), bank.entries(b))
+
+
+def test_earlier_concatenated_state_dict_still_loads():
+    bank = make_bank(num_buckets=3, capacity=4, replacement="l2")
+    for b, v in ((0, 1.0), (2, 2.0), (2, 3.0)):
+        bank.add(b, _const(v))
+    sd = bank.state_dict()
+    old = {k: v for k, v in sd.items() if k != "chunks"}
+    old["entries"] = torch.cat([bank.entries(b) for b in range(3)])  # the earlier layout
+    clone = make_bank(num_buckets=3, capacity=4, replacement="l2")
+    clone.load_state_dict(old)
+    for b in range(3):
+        assert torch.equal(clone.entries(b), bank.entries(b))
+
+
+def test_reader_only_looks_and_draws():
+    mem = make_memory(num_buckets=3, capacity=4)
+    mem.add(torch.tensor([1]), _const(5.0)[None], _const(-5.0)[None])
+    reader = mem.reader()
+    assert isinstance(reader, MemoryReader) and not hasattr(reader, "add")
+    assert reader.nonempty("vid").tolist() == [False, True, False] and reader.size("noi") == 1
+    assert torch.equal(reader.sample("noi", 1), _const(-5.0)) and torch.equal(reader.sample_any("vid"), _const(5.0))
 
 
 def test_load_state_dict_rejects_mismatched_config():
-    sd = ErrorBank(num_buckets=3, capacity=4, replacement="l2").state_dict()
+    sd = make_bank(num_buckets=3, capacity=4, replacement="l2").state_dict()
     for kw in (dict(num_buckets=4, capacity=4, replacement="l2"),
                dict(num_buckets=3, capacity=5, replacement="l2"),
                dict(num_buckets=3, capacity=4, replacement="fifo")):
         with pytest.raises(ValueError):
-            ErrorBank(**kw).load_state_dict(sd)
+            make_bank(**kw).load_state_dict(sd)
 
 
 def test_load_into_other_dtype_recomputes_norms():
-    src = ErrorBank(num_buckets=1, capacity=3, replacement="l2", dtype=torch.float32)
+    src = make_bank(num_buckets=1, capacity=3, replacement="l2", dtype=torch.float32)
     for v in (0.0, 10.0, 20.0):
         src.add(0, _const(v))
-    dst = ErrorBank(num_buckets=1, capacity=3, replacement="l2", dtype=torch.bfloat16)
+    dst = make_bank(num_buckets=1, capacity=3, replacement="l2", dtype=torch.bfloat16)
     dst.load_state_dict(src.state_dict())
     dst.add(0, _const(11.0))
     assert dst.entries(0)[:, 0, 0, 0].tolist() == [0.0, 11.0, 20.0]
@@ -231,7 +273,7 @@ def test_load_into_other_dtype_recomputes_norms():
 
 # ---------------------------------------------------------------- two-bank memory
 def test_replay_memory_keep_mask():
-    mem = ReplayMemory(num_buckets=5, capacity=4)
+    mem = make_memory(num_buckets=5, capacity=4)
     assert mem.nbytes == 0
     buckets = torch.tensor([0, 1, 1, 4])
     e_vid = torch.stack([_const(i) for i in range(4)])  # (4, *SHAPE)
@@ -252,7 +294,7 @@ def test_replay_memory_keep_mask():
     assert mem.vid.counts.tolist() == mem.noi.counts.tolist() == [2, 2, 0, 0, 2]
     assert (mem.vid.num_nonfinite, mem.noi.num_nonfinite) == (0, 1)
 
-    clone = ReplayMemory(num_buckets=5, capacity=4)
+    clone = make_memory(num_buckets=5, capacity=4)
     clone.load_state_dict(mem.state_dict())
     for b in range(5):
         assert torch.equal(clone.vid.entries(b), mem.vid.entries(b))
@@ -260,7 +302,7 @@ def test_replay_memory_keep_mask():
 
 
 def test_add_batch_counts_stored():
-    bank = ErrorBank(num_buckets=3, capacity=2)
+    bank = make_bank(num_buckets=3, capacity=2)
     errs = torch.randn(4, *SHAPE)
     errs[1, 0, 0, 0] = float("nan")
     assert bank.add_batch(torch.tensor([0, 0, 2, 2]), errs) == 3
@@ -271,7 +313,7 @@ def test_add_batch_counts_stored():
 
 # ---------------------------------------------------------------- lazy growth, budget
 def test_storage_grows_in_chunks_not_per_bucket_capacity():
-    bank = ErrorBank(num_buckets=2, capacity=10, replacement="fifo", grow_by=4)
+    bank = make_bank(num_buckets=2, capacity=10, replacement="fifo", grow_by=4)
     entry = math.prod(SHAPE) * 4
     sizes = []
     for i in range(10):
@@ -285,7 +327,7 @@ def test_storage_grows_in_chunks_not_per_bucket_capacity():
 
 def test_budget_sets_effective_capacity():
     # bfloat16 entries of 24 elements: 48 bytes + 4 for the l2 norm = 52 bytes; 3 buckets
-    bank = ErrorBank(num_buckets=3, capacity=100, replacement="l2", dtype="bfloat16", budget_bytes=52 * 3 * 7 + 10)
+    bank = make_bank(num_buckets=3, capacity=100, replacement="l2", dtype="bfloat16", budget_bytes=52 * 3 * 7 + 10)
     assert bank.effective_capacity is None and bank.z == 100
     bank.add(1, torch.randn(SHAPE))
     assert bank.entry_nbytes == 52 and bank.effective_capacity == 7 and bank.z == 7
@@ -295,36 +337,36 @@ def test_budget_sets_effective_capacity():
     assert bank.nbytes <= bank.budget_bytes
     assert bank.fill_fraction == pytest.approx(7 / 21)
     # a smaller Z than the budget allows wins
-    small = ErrorBank(num_buckets=3, capacity=2, dtype="bfloat16", budget_bytes=10**6)
+    small = make_bank(num_buckets=3, capacity=2, dtype="bfloat16", budget_bytes=10**6)
     small.add(0, torch.randn(SHAPE))
     assert small.z == 2
 
 
 def test_budget_too_small_is_a_clear_error():
-    bank = ErrorBank(num_buckets=50, capacity=500, dtype="bfloat16", budget_bytes=1000)
+    bank = make_bank(num_buckets=50, capacity=500, dtype="bfloat16", budget_bytes=1000)
     with pytest.raises(ValueError, match="budget"):
         bank.add(0, torch.randn(16, 4, 4, 4))
 
 
 def test_replay_memory_splits_budget_between_banks():
-    mem = ReplayMemory(num_buckets=2, capacity=100, replacement="fifo", budget_bytes=2 * 2 * 5 * 96)
+    mem = make_memory(num_buckets=2, capacity=100, replacement="fifo", budget_bytes=2 * 2 * 5 * 96)
     assert mem.effective_capacity is None
     mem.add(torch.tensor([0]), torch.randn(1, *SHAPE), torch.randn(1, *SHAPE))
     assert mem.effective_capacity == 5 and mem.noi.z == 5
 
 
 def test_load_into_smaller_budget_is_refused():
-    src = ErrorBank(num_buckets=1, capacity=8, replacement="fifo")
+    src = make_bank(num_buckets=1, capacity=8, replacement="fifo")
     for i in range(8):
         src.add(0, _const(i))
-    dst = ErrorBank(num_buckets=1, capacity=8, replacement="fifo", budget_bytes=4 * 96)
+    dst = make_bank(num_buckets=1, capacity=8, replacement="fifo", budget_bytes=4 * 96)
     with pytest.raises(ValueError, match="budget"):
         dst.load_state_dict(src.state_dict())
 
 
 # ---------------------------------------------------------------- float8 storage
 def test_float8_per_entry_scale_keeps_relative_precision():
-    bank = ErrorBank(num_buckets=1, capacity=3, replacement="l2", dtype="float8")
+    bank = make_bank(num_buckets=1, capacity=3, replacement="l2", dtype="float8")
     g = torch.Generator().manual_seed(0)
     errs = [torch.randn(SHAPE, generator=g) * s for s in (1e-4, 1.0, 1e3)]  # 7 orders of magnitude
     for e in errs:
@@ -343,7 +385,7 @@ def test_float8_per_entry_scale_keeps_relative_precision():
 
 def test_float8_l2_replaces_nearest_dequantised_entry():
     g = torch.Generator().manual_seed(1)
-    bank = ErrorBank(num_buckets=1, capacity=6, replacement="l2", dtype="float8", grow_by=4)
+    bank = make_bank(num_buckets=1, capacity=6, replacement="l2", dtype="float8", grow_by=4)
     for _ in range(6):
         bank.add(0, torch.randn(SHAPE, generator=g) * torch.rand((), generator=g) * 3)
     for _ in range(10):
@@ -359,8 +401,8 @@ def test_float8_l2_replaces_nearest_dequantised_entry():
 def test_sketch_with_full_rerank_equals_exact_l2():
     g = torch.Generator().manual_seed(3)
     data = [torch.randn(SHAPE, generator=g) * (1 + i % 5) for i in range(40)]
-    exact = ErrorBank(num_buckets=1, capacity=8, replacement="l2")
-    sketch = ErrorBank(num_buckets=1, capacity=8, replacement="l2_sketch", sketch_dim=8, sketch_rerank=8)
+    exact = make_bank(num_buckets=1, capacity=8, replacement="l2")
+    sketch = make_bank(num_buckets=1, capacity=8, replacement="l2_sketch", sketch_dim=8, sketch_rerank=8)
     for e in data:
         exact.add(0, e)
         sketch.add(0, e)
@@ -376,7 +418,7 @@ def test_sketch_finds_near_duplicates_and_is_seeded():
     queries = [(j, stored[j] + 0.2 * torch.randn(shape, generator=g)) for j in picks_j]
     picks = {}
     for seed in (0, 0, 1):
-        bank = ErrorBank(num_buckets=1, capacity=16, replacement="l2_sketch", sketch_dim=64, sketch_seed=seed)
+        bank = make_bank(num_buckets=1, capacity=16, replacement="l2_sketch", sketch_dim=64, sketch_seed=seed)
         for e in stored:
             bank.add(0, e)
         got = []
@@ -395,10 +437,10 @@ def test_sketch_finds_near_duplicates_and_is_seeded():
 def test_round_trip_all_dtypes_and_policies(dtype, replacement):
     g = torch.Generator().manual_seed(5)
     kw = dict(num_buckets=3, capacity=5, replacement=replacement, dtype=dtype, grow_by=2, sketch_dim=8)
-    bank = ErrorBank(**kw)
+    bank = make_bank(**kw)
     for _ in range(12):
         bank.add(int(torch.randint(0, 3, (1,), generator=g)), torch.randn(SHAPE, generator=g))
-    clone = ErrorBank(**kw)
+    clone = make_bank(**kw)
     clone.load_state_dict(bank.state_dict())
     assert clone.nbytes == bank.nbytes
     ga, gb = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
@@ -415,21 +457,21 @@ def test_round_trip_all_dtypes_and_policies(dtype, replacement):
 
 
 def test_load_bfloat16_into_float8_and_sketch():
-    src = ErrorBank(num_buckets=2, capacity=4, replacement="l2", dtype="bfloat16")
+    src = make_bank(num_buckets=2, capacity=4, replacement="l2", dtype="bfloat16")
     g = torch.Generator().manual_seed(6)
     for _ in range(6):
         src.add(int(torch.randint(0, 2, (1,), generator=g)), torch.randn(SHAPE, generator=g))
-    dst = ErrorBank(num_buckets=2, capacity=4, replacement="l2", dtype="float8")
+    dst = make_bank(num_buckets=2, capacity=4, replacement="l2", dtype="float8")
     dst.load_state_dict(src.state_dict())
     for b in range(2):
         assert torch.allclose(dst.values(b), src.values(b), rtol=0.13, atol=0.13 * src.values(b).abs().max())
 
 
 def test_cpu_storage_not_pinned_without_cuda():
-    bank = ErrorBank(num_buckets=1, capacity=2)
+    bank = make_bank(num_buckets=1, capacity=2)
     assert bank.pin_memory == torch.cuda.is_available()
     with pytest.raises(ValueError, match="float8"):
-        ErrorBank(dtype="int8")
+        make_bank(dtype="int8")
 
 
 def test_memory_presets_compose_into_the_callback():
