@@ -1,23 +1,29 @@
-"""The ERFT method in pure torch: injection, error recycling, and the replay memory."""
+"""The ERFT method in pure torch: injection, image-error sources, error recycling, the replay memory."""
 
-from svi.erft.injection import (PER_SAMPLE_SOURCES, Injection, InjectionConfig, draw_injection, gate_on_memory, img_buckets, inject,
-                                last_frames_error, rollout_image_error, sample_errors, self_image_error)
+from svi.erft.image_error import ImageErrorRequest, ImageErrorSource, WindowImageError, allowed_buckets
+from svi.erft.injection import (Injection, InjectionConfig, draw_injection, gate_on_memory, inject, modulate,
+                                modulate_rows, sample_errors)
+from svi.erft.memory import MemoryConfig, MemoryReader, ReplayMemory
 from svi.erft.recycling import StepResult, bidirectional_errors, erft_step, recycle_target
 
 __all__ = [
-    "PER_SAMPLE_SOURCES",
+    "ImageErrorRequest",
+    "ImageErrorSource",
     "Injection",
     "InjectionConfig",
+    "MemoryConfig",
+    "MemoryReader",
+    "ReplayMemory",
     "StepResult",
+    "WindowImageError",
+    "allowed_buckets",
     "bidirectional_errors",
     "draw_injection",
     "erft_step",
     "gate_on_memory",
-    "img_buckets",
     "inject",
-    "last_frames_error",
+    "modulate",
+    "modulate_rows",
     "recycle_target",
-    "rollout_image_error",
     "sample_errors",
-    "self_image_error",
 ]

@@ -1,4 +1,4 @@
-"""One ERFT training step in pure torch (SPEC §3 steps 3-6).
+"""One ERFT training step in pure torch: inject, predict, regress onto v_rcy, measure the new errors.
 
 Given the injected inputs, the DiT predicts v̂ from x_s = (1 - s) X~_vid + s X~_noi. The target is the
 error-recycling velocity v_rcy = X~_noi - X_vid: it points back to the CLEAN latent, so the model

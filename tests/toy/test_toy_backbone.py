@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from svi.backbones.patch_ae import PatchAutoencoder
-from svi.backbones.toy import load_toy_base
-from svi.data.toyclips import TEST, ToyClips, toy_videos
+from svi.toy.autoencoder import PatchAutoencoder
+from svi.toy.backbone import load_toy_base
+from svi.toy.clips import TEST, ToyClips, toy_videos
 
 
 def _psnr(a, b):
@@ -42,47 +42,6 @@ def test_frame_separable_autoencoder_codes_each_frame_alone():
     assert torch.allclose(zs[:, 0:16, 1], z[:, 16:32, 1], atol=1e-5)
     with pytest.raises(ValueError, match="divisible by 4"):
         PatchAutoencoder(z_dim=30, patch_size=4, frame_separable=True)
-
-
-@pytest.mark.parametrize("K", [1, 5])
-def test_last_frames_image_error_is_the_condition_error_a_clip_error_causes(toy_stack, K):
-    """img_source=last_frames: a stored clip error, mapped, equals the change of the next clip's condition."""
-    from svi.conditions.i2v import I2VCondition
-    from svi.erft import last_frames_error
-
-    videos = toy_videos(2, 9, seed=5, split=TEST) * 0.5  # away from the clamp at +-1
-    z = toy_stack.encode_video(videos)  # (2, 64, 3, 8, 8)
-    e = 0.05 * torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
-    condition = I2VCondition(name="c", num_motion_frames=K, ref_pad_num=-1 if K == 1 else 0)
-    ref = videos[:, :, 0]
-    y_clean = condition.build_y(toy_stack, toy_stack.decode_latents(z)[:, :, -K:], ref, 9)
-    y_err = condition.build_y(toy_stack, toy_stack.decode_latents(z + e)[:, :, -K:], ref, 9)
-    to_condition = last_frames_error(toy_stack, K)
-    for i in range(2):
-        got = to_condition(e[i])
-        assert got.shape == z.shape[1:]
-        assert torch.allclose(got, (y_err - y_clean)[i, 4:], atol=1e-4)
-    # K = 1: only latent frame 0 (the motion frame, repeated 4x in Wan's layout) carries error, the same in
-    # each of its four 16-channel blocks, which a random window of the stored error is not
-    if K == 1:
-        got = to_condition(e[0])
-        assert got[:, 1:].abs().max() < 1e-5
-        blocks = got[:, 0].reshape(4, 16, 8, 8) * torch.tensor(toy_stack.vae.config.latents_std).view(4, 16, 1, 1)
-        assert torch.allclose(blocks[0], blocks[3], atol=1e-5) and blocks[0].abs().max() > 1e-3
-
-
-def test_last_frames_image_error_needs_a_linear_autoencoder():
-    from types import SimpleNamespace
-
-    from svi.erft import InjectionConfig, last_frames_error
-
-    stack = SimpleNamespace(require=lambda name, why: torch.nn.Identity())
-    with pytest.raises(ValueError, match="linear decode"):
-        last_frames_error(stack, 1)
-    with pytest.raises(ValueError, match="img_source=self needs"):
-        last_frames_error(stack, 1, "self")
-    with pytest.raises(ValueError, match="img_source"):
-        InjectionConfig(img_source="nearest")
 
 
 def test_patch_autoencoder_rejects_bad_frame_counts():

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from svi.erft import (Injection, InjectionConfig, bidirectional_errors, draw_injection, erft_step, gate_on_memory,
-                      img_buckets, inject, recycle_target, rollout_image_error, sample_errors, self_image_error)
-from svi.erft.memory import ReplayMemory
+from svi.erft import (ImageErrorRequest, Injection, InjectionConfig, MemoryConfig, ReplayMemory, WindowImageError,
+                      allowed_buckets, bidirectional_errors, draw_injection, erft_step, gate_on_memory, inject,
+                      modulate_rows, recycle_target, sample_errors)
 from svi.flow import add_noise
 
 SHAPE = (2, 16, 5, 4, 4)
@@ -83,8 +83,10 @@ def test_injection_frequencies_match_probabilities():
         expected = p * (1 - 0.25)  # independent draw, switched off by the clean coin
         tol = 4 * math.sqrt(expected * (1 - expected) / n)
         assert abs(getattr(inj, name).float().mean().item() - expected) < tol, name
-    clean = 0.25 + 0.75 * 0.7 * 0.4 * 0.2  # clean coin, or all three draws false
-    assert abs(inj.clean.float().mean().item() - clean) < 4 * math.sqrt(clean * (1 - clean) / n)
+    nothing = 0.25 + 0.75 * 0.7 * 0.4 * 0.2  # clean coin, or all three draws false
+    got = inj.clean("nothing_injected").float().mean().item()
+    assert abs(got - nothing) < 4 * math.sqrt(nothing * (1 - nothing) / n)
+    assert abs(inj.clean("coin").float().mean().item() - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n)  # official
     # the three draws are independent of each other
     both = (inj.vid & inj.img).float().mean().item()
     assert abs(both - 0.6 * 0.8 * 0.75) < 0.02
@@ -92,7 +94,7 @@ def test_injection_frequencies_match_probabilities():
 
 def test_disabled_injection_and_seeded_reproducibility():
     off = draw_injection(InjectionConfig(enabled=False), 100, torch.Generator().manual_seed(0))
-    assert off.clean.all()
+    assert off.nothing_injected.all() and not off.coin.any()
     cfg = InjectionConfig()
     a = draw_injection(cfg, 50, torch.Generator().manual_seed(7))
     b = draw_injection(cfg, 50, torch.Generator().manual_seed(7))
@@ -104,10 +106,12 @@ def test_invalid_injection_config_is_rejected():
         InjectionConfig(p_img=1.5)
     with pytest.raises(ValueError, match="y_error_num"):
         InjectionConfig(y_error_num=0)
+    with pytest.raises(ValueError, match="clean_flag"):
+        InjectionConfig(clean_flag="empty")
 
 
-def _memory_with(entries_vid: dict, entries_noi: dict):
-    mem = ReplayMemory(num_buckets=50, capacity=8)
+def _memory_with(entries_vid: dict, entries_noi: dict) -> ReplayMemory:
+    mem = ReplayMemory(MemoryConfig(num_grids=50, capacity=8))
     for bucket, values in entries_vid.items():
         for v in values:
             mem.vid.add(bucket, torch.full((16, 5, 4, 4), float(v)))
@@ -117,170 +121,129 @@ def _memory_with(entries_vid: dict, entries_noi: dict):
     return mem
 
 
+def _inj(vid, noi, img, coin=None) -> Injection:
+    vid, noi, img = (torch.tensor(v, dtype=torch.bool) for v in (vid, noi, img))
+    return Injection(vid=vid, noi=noi, img=img, coin=torch.zeros_like(vid) if coin is None else torch.tensor(coin))
+
+
+def _request(memory, select, num_frames=3, like=(1, 16, 5, 4, 4), generator=None) -> ImageErrorRequest:
+    x0 = torch.zeros(like)
+    return ImageErrorRequest(x0=x0, y=torch.zeros(like[0], 20, *like[2:]), select=torch.tensor(select),
+                             grid=torch.zeros(like[0], dtype=torch.long), num_frames=num_frames,
+                             memory=memory.reader() if memory is not None else None,
+                             velocity=lambda *a: pytest.fail("the window source runs no model"),
+                             generator=generator or torch.Generator().manual_seed(0))
+
+
 def test_each_bank_gates_its_own_injection():
     mem = _memory_with({3: [1.0]}, {})  # video bank has bucket 3; noise bank is empty
-    every = torch.ones(2, dtype=torch.bool)
-    inj = gate_on_memory(Injection(vid=every, noi=every.clone(), img=every.clone()), mem, torch.tensor([3, 4]))
+    window = WindowImageError()
+    inj = gate_on_memory(_inj([True, True], [True, True], [True, True]), mem.reader(), torch.tensor([3, 4]),
+                         window.ready(mem.reader()))
     assert inj.vid.tolist() == [True, False]  # bucket 4 is empty
     assert inj.noi.tolist() == [False, False]  # no noise errors at all (not tied to the video bank)
     assert inj.img.tolist() == [True, True]  # E_img may come from any bucket
-    assert gate_on_memory(inj, None, torch.tensor([3, 4])).clean.all()
+    assert gate_on_memory(inj, None, torch.tensor([3, 4]), True).nothing_injected.all()
+    assert not window.ready(_memory_with({}, {}).reader()) and not window.ready(None)
+
+
+def test_clean_flag_is_the_coin_not_an_empty_bank():
+    """Officially a sample is clean (its errors kept 1 time in 10) only when the clean coin fell. With
+    `nothing_injected` every sample an empty bank blocked counts as clean too, which starves the banks
+    while they fill (e.g. without E_img, p_img = 0)."""
+    empty = _memory_with({}, {})
+    cfg = InjectionConfig(p_img=0.0, p_clean=0.2)
+    inj = draw_injection(cfg, 10_000, torch.Generator().manual_seed(0))
+    gated = gate_on_memory(inj, empty.reader(), torch.zeros(10_000, dtype=torch.long), False)
+    assert gated.nothing_injected.all()  # nothing can be injected yet
+    assert gated.clean("nothing_injected").all()
+    assert torch.equal(gated.clean("coin"), inj.coin) and 0.18 < gated.clean("coin").float().mean() < 0.22
+    assert InjectionConfig().clean_flag == "coin"  # the official rule is the default
 
 
 def test_selective_resampling_uses_the_right_buckets():
     mem = _memory_with({3: [3.0], 7: [7.0]}, {3: [-3.0], 7: [-7.0]})
-    every = torch.ones(2, dtype=torch.bool)
-    inj = Injection(vid=every, noi=every.clone(), img=torch.tensor([False, False]))
-    like = torch.zeros(SHAPE)
-    e_vid, e_noi, e_img = sample_errors(mem, torch.tensor([7, 3]), inj, like, InjectionConfig(),
-                                        torch.Generator().manual_seed(0))
+    inj = _inj([True, True], [True, True], [False, False])
+    e_vid, e_noi = sample_errors(mem.reader(), torch.tensor([7, 3]), inj, torch.zeros(SHAPE), InjectionConfig(),
+                                 torch.Generator().manual_seed(0))
     assert torch.all(e_vid[0] == 7) and torch.all(e_vid[1] == 3)
     assert torch.all(e_noi[0] == -7) and torch.all(e_noi[1] == -3)
-    assert e_img.shape == (2, 16, 3, 4, 4) and torch.all(e_img == 0)
 
 
 def test_image_error_comes_from_all_buckets_as_a_temporal_window():
-    mem = ReplayMemory(num_buckets=50, capacity=8)
+    mem = _memory_with({}, {})
     ramp = torch.arange(5.0).view(1, 5, 1, 1).expand(16, 5, 4, 4)  # latent frame k holds value k
     mem.vid.add(0, ramp)
     mem.vid.add(49, ramp + 100)
-    inj = Injection(vid=torch.zeros(1, dtype=torch.bool), noi=torch.zeros(1, dtype=torch.bool),
-                    img=torch.ones(1, dtype=torch.bool))
-    g = torch.Generator().manual_seed(0)
+    window, g = WindowImageError(), torch.Generator().manual_seed(0)
     starts, sources = set(), set()
     for _ in range(200):
-        _, _, e_img = sample_errors(mem, torch.tensor([20]), inj, torch.zeros(1, 16, 5, 4, 4),
-                                    InjectionConfig(y_error_num=3), g)
+        e_img = window(_request(mem, [True], num_frames=3, generator=g))
         frames = e_img[0, 0, :, 0, 0]
         assert torch.equal(frames - frames[0], torch.tensor([0.0, 1.0, 2.0]))  # consecutive frames
         starts.add(int(frames[0]) % 100)
         sources.add(int(frames[0]) // 100)
     assert starts == {0, 1, 2}  # every window position of a 5-frame error
-    assert sources == {0, 1}  # bucket 20 is empty, yet both stored buckets are used
+    assert sources == {0, 1}  # the sample's bucket is empty, yet both stored buckets are used
+    assert torch.all(window(_request(mem, [False])) == 0)  # not selected: zero
+
+
+def test_last_window_option_takes_the_last_frames():
+    """`window: last` is the official `use_last_y_error`: the last y_error_num latent frames, always."""
+    mem = _memory_with({}, {})
+    mem.vid.add(5, torch.arange(5.0).view(1, 5, 1, 1).expand(16, 5, 4, 4))
+    last = WindowImageError(window="last")
+    for _ in range(20):
+        assert last(_request(mem, [True], num_frames=2))[0, 0, :, 0, 0].tolist() == [3.0, 4.0]
+    assert last(_request(mem, [True], num_frames=1))[0, 0, :, 0, 0].tolist() == [4.0]
+    with pytest.raises(ValueError, match="img_source.window"):
+        WindowImageError(window="first")
 
 
 def test_image_error_can_be_restricted_to_low_noise_buckets():
     from svi.flow import inference_sigmas
 
     sigmas = inference_sigmas(50, 3.0)  # descending: bucket 0 is the noisiest
-    cfg = InjectionConfig(img_max_sigma=0.5)
-    allowed = img_buckets(cfg, sigmas)
+    allowed = allowed_buckets(sigmas, 0.5)
     assert allowed.tolist() == [n for n in range(50) if sigmas[n] <= 0.5] and 0 < len(allowed) < 50
-    assert img_buckets(InjectionConfig(), sigmas) is None  # 1.0: every bucket (official)
+    assert allowed_buckets(sigmas, 1.0) is None  # 1.0: every bucket (official)
+    low = WindowImageError(max_sigma=0.5)
+    low.bind(None, None, None, sigmas)
     mem = _memory_with({0: [1.0], 49: [49.0]}, {})  # a high-noise and a low-noise error
-    inj = Injection(vid=torch.zeros(1, dtype=torch.bool), noi=torch.zeros(1, dtype=torch.bool),
-                    img=torch.ones(1, dtype=torch.bool))
     g = torch.Generator().manual_seed(0)
-    drawn = {int(sample_errors(mem, torch.tensor([0]), inj, torch.zeros(1, 16, 5, 4, 4), cfg, g, allowed)[2][0, 0, 0, 0, 0])
-             for _ in range(50)}
+    drawn = {int(low(_request(mem, [True], generator=g))[0, 0, 0, 0, 0]) for _ in range(50)}
     assert drawn == {49}
-    only_high = _memory_with({0: [1.0]}, {})  # nothing in the allowed buckets: E_img is gated off
-    assert not gate_on_memory(inj, only_high, torch.tensor([0]), allowed).img.any()
-    with pytest.raises(ValueError, match="img_max_sigma"):
-        InjectionConfig(img_max_sigma=0.0)
+    assert not low.ready(_memory_with({0: [1.0]}, {}).reader())  # nothing in the allowed buckets: gated off
+    with pytest.raises(ValueError, match="max_sigma"):
+        WindowImageError(max_sigma=0.0)
 
 
-def test_image_error_scale_and_map():
+def test_image_error_scale():
     mem = _memory_with({0: [2.0]}, {})
-    inj = Injection(vid=torch.ones(1, dtype=torch.bool), noi=torch.zeros(1, dtype=torch.bool),
-                    img=torch.ones(1, dtype=torch.bool))
-    like, grid = torch.zeros(1, 16, 5, 4, 4), torch.tensor([0])
-    e_vid, _, e_img = sample_errors(mem, grid, inj, like, InjectionConfig(img_scale=0.25), torch.Generator())
-    assert torch.all(e_img == 0.5) and torch.all(e_vid == 2.0)  # only E_img is scaled
-    # img_map replaces the random window: its first y_error_num frames are the image error
-    mapped = lambda e: torch.stack([e[:, -1] * 10, e[:, 0]], dim=1)  # noqa: E731
-    cfg = InjectionConfig(y_error_num=1)
-    e_img = sample_errors(mem, grid, inj, like, cfg, torch.Generator(), img_map=mapped)[2]
-    assert e_img.shape == (1, 16, 1, 4, 4) and torch.all(e_img == 20.0)
-    with pytest.raises(ValueError, match="img_scale"):
-        InjectionConfig(img_scale=-1.0)
-
-
-def test_self_image_error_is_the_models_own_current_error_on_the_sample():
-    """img_source=self: E_img is this sample's own one-step clean-end error, through the image-error map."""
-    from svi.flow import inference_sigmas
-
-    x0, _, y = _tensors(3)
-    sigmas = inference_sigmas(50, 3.0)
-    seen = []
-    bias = torch.linspace(-0.2, 0.2, 5).view(1, 1, 5, 1, 1)  # a different error in every latent frame
-
-    def oracle(x_s, y_in, t):  # knows the clean latent: predicts it exactly, up to `bias`
-        seen.append((y_in.clone(), t.clone()))
-        s = (t / 1000.0).view(-1, 1, 1, 1, 1)
-        return (x_s - (x0 + bias)) / s
-
-    last_two = lambda e: e[:, -2:].flip(1)  # noqa: E731  (stands in for the last-frames map)
-    cfg = InjectionConfig(y_error_num=2, img_max_sigma=0.5, img_scale=0.5)
-    select = torch.tensor([True, False])
-    e_img = self_image_error(oracle, x0, y, select, cfg, sigmas, last_two, torch.Generator().manual_seed(0))
-    assert e_img.shape == (2, 16, 2, 4, 4)
-    want = 0.5 * bias[0, :, [4, 3]].expand(16, 2, 4, 4)  # mapped, then img_scale
-    assert torch.allclose(e_img[0], want, atol=1e-5)
-    assert torch.all(e_img[1] == 0)  # not selected
-    y_in, t = seen[0]
-    assert torch.equal(y_in, y)  # the sample's own condition
-    assert torch.all(t / 1000.0 <= 0.5 + 1e-6)  # noise level from the allowed E_img buckets
-    # the bank is not needed for E_img (it is not drawn from there)
-    mem = _memory_with({}, {})
-    inj = Injection(vid=torch.zeros(1, dtype=torch.bool), noi=torch.zeros(1, dtype=torch.bool),
-                    img=torch.ones(1, dtype=torch.bool))
-    assert gate_on_memory(inj, mem, torch.tensor([0]), img_needs_memory=False).img.all()
-    assert not gate_on_memory(inj, mem, torch.tensor([0])).img.any()
-    # and sample_errors leaves E_img to self_image_error
-    full = _memory_with({0: [1.0]}, {})
-    assert torch.all(sample_errors(full, torch.tensor([0]), inj, torch.zeros(1, 16, 5, 4, 4),
-                                   InjectionConfig(img_source="self"), torch.Generator())[2] == 0)
-
-
-def test_rollout_image_error_is_the_error_of_the_clip_the_model_samples():
-    """img_source=rollout: the sampler's whole trajectory from noise; the generated clip's error, mapped."""
-    from svi.flow import inference_sigmas
-
-    x0, _, y = _tensors(4)
-    sigmas = inference_sigmas(6, 3.0)
-    seen = []
-    bias = torch.linspace(-0.3, 0.3, 5).view(1, 1, 5, 1, 1)
-
-    def oracle(x_s, y_in, t):  # predicts x0 + bias at every step: Euler then lands exactly on x0 + bias
-        seen.append((y_in.clone(), t.clone()))
-        s = (t / 1000.0).view(-1, 1, 1, 1, 1)
-        return (x_s - (x0 + bias)) / s
-
-    last_two = lambda e: e[:, -2:].flip(1)  # noqa: E731
-    cfg = InjectionConfig(img_source="rollout", y_error_num=2, img_scale=2.0)
-    select = torch.tensor([False, True])
-    e_img = rollout_image_error(oracle, x0, y, select, cfg, sigmas, last_two, torch.Generator().manual_seed(0))
-    assert e_img.shape == (2, 16, 2, 4, 4)
-    assert torch.all(e_img[0] == 0)  # not selected
-    assert torch.allclose(e_img[1], 2.0 * bias[0, :, [4, 3]].expand(16, 2, 4, 4), atol=1e-4)
-    assert len(seen) == 6  # one forward per sampling step, on the sample's own clean condition
-    assert all(torch.equal(y_in, y) for y_in, _ in seen)
-    assert torch.allclose(torch.stack([t[0] for _, t in seen]), sigmas * 1000.0)  # the sampler's schedule
-    with pytest.raises(ValueError, match="img_rollout_steps"):
-        InjectionConfig(img_rollout_steps=-1)
-    # nothing selected: no forward at all
-    seen.clear()
-    assert torch.all(rollout_image_error(oracle, x0, y, torch.zeros(2, dtype=torch.bool), cfg, sigmas,
-                                         last_two) == 0) and not seen
+    assert torch.all(WindowImageError(scale=0.25)(_request(mem, [True])) == 0.5)
+    with pytest.raises(ValueError, match="scale"):
+        WindowImageError(scale=-1.0)
 
 
 def test_error_modulation_scales_within_range():
     mem = _memory_with({0: [1.0]}, {})
-    inj = Injection(vid=torch.ones(1, dtype=torch.bool), noi=torch.zeros(1, dtype=torch.bool),
-                    img=torch.zeros(1, dtype=torch.bool))
+    inj = _inj([True], [False], [False])
     g = torch.Generator().manual_seed(0)
-    scales = [sample_errors(mem, torch.tensor([0]), inj, torch.zeros(1, 16, 5, 4, 4),
+    scales = [sample_errors(mem.reader(), torch.tensor([0]), inj, torch.zeros(1, 16, 5, 4, 4),
                             InjectionConfig(error_modulate_factor=0.5), g)[0][0, 0, 0, 0, 0].item()
               for _ in range(100)]
     assert 0.5 <= min(scales) < 0.7 and 1.3 < max(scales) <= 1.5
+    e_img = torch.ones(2, 16, 3, 4, 4)
+    out = modulate_rows(e_img, torch.tensor([True, False]), 0.5, g)
+    assert torch.all(out[1] == 1) and 0.5 <= float(out[0, 0, 0, 0, 0]) <= 1.5  # only selected rows
+    assert modulate_rows(e_img, torch.tensor([True, True]), 0.0, g) is e_img  # f = 0: untouched, no draw
 
 
 def test_callback_stores_clean_errors_with_the_configured_probability():
     from svi.callbacks.error_replay import ErrorReplayCallback
 
-    cb = ErrorReplayCallback(num_grids=50, capacity=100_000, warmup_steps=0, clean_buffer_update_prob=0.1,
-                             replacement="fifo")
+    cb = ErrorReplayCallback(memory={"num_grids": 50, "capacity": 100_000, "warmup_steps": 0, "replacement": "fifo"},
+                             clean_buffer_update_prob=0.1)
     logged = {}
     module = SimpleNamespace(log=lambda k, v, **kw: logged.__setitem__(k, v))
     trainer = SimpleNamespace(world_size=1, global_rank=0)

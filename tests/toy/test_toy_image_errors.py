@@ -1,0 +1,132 @@
+"""The toy package's image-error sources (img_source=toy_*), behind the same interface as the paper's window."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from svi.conditions import Condition
+from svi.erft import ImageErrorRequest, MemoryConfig, ReplayMemory
+from svi.flow import FlowConfig, inference_sigmas
+from svi.toy.clips import TEST, toy_videos
+from svi.toy.image_errors import LastFramesImageError, RolloutImageError, SelfImageError, last_frames_map
+
+SHAPE = (2, 16, 5, 4, 4)
+
+
+def _tensors(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(SHAPE, generator=g), torch.randn(2, 20, 5, 4, 4, generator=g)
+
+
+def _request(x0, y, select, velocity, num_frames=2, memory=None, seed=0) -> ImageErrorRequest:
+    return ImageErrorRequest(x0=x0, y=y, select=torch.tensor(select), grid=torch.zeros(len(select), dtype=torch.long),
+                             num_frames=num_frames, memory=memory, velocity=velocity,
+                             generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("K", [1, 5])
+def test_last_frames_map_is_the_condition_error_a_clip_error_causes(toy_stack, K):
+    """A clip error, mapped, equals the change it makes to the next clip's condition latent."""
+    videos = toy_videos(2, 9, seed=5, split=TEST) * 0.5  # away from the clamp at +-1
+    z = toy_stack.encode_video(videos)  # (2, 64, 3, 8, 8)
+    e = 0.05 * torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
+    condition = Condition(name="c", num_motion_frames=K, ref_pad_num=-1 if K == 1 else 0)
+    ref = videos[:, :, 0]
+    y_clean = condition.build_y(toy_stack, toy_stack.decode_latents(z)[:, :, -K:], ref, 9)
+    y_err = condition.build_y(toy_stack, toy_stack.decode_latents(z + e)[:, :, -K:], ref, 9)
+    to_condition = last_frames_map(toy_stack, K, "toy_last_frames")
+    for i in range(2):
+        got = to_condition(e[i])
+        assert got.shape == z.shape[1:]
+        assert torch.allclose(got, (y_err - y_clean)[i, 4:], atol=1e-4)
+    # K = 1: only latent frame 0 (the motion frame, repeated 4x in Wan's layout) carries error, the same in
+    # each of its four 16-channel blocks, which a random window of the stored error is not
+    if K == 1:
+        got = to_condition(e[0])
+        assert got[:, 1:].abs().max() < 1e-5
+        blocks = got[:, 0].reshape(4, 16, 8, 8) * torch.tensor(toy_stack.vae.config.latents_std).view(4, 16, 1, 1)
+        assert torch.allclose(blocks[0], blocks[3], atol=1e-5) and blocks[0].abs().max() > 1e-3
+
+
+def test_toy_sources_need_a_linear_autoencoder(tiny_stack):
+    """The Wan VAE is not linear: every toy source refuses it when bound, naming the fix."""
+    stack = SimpleNamespace(require=lambda name, why: torch.nn.Identity())
+    with pytest.raises(ValueError, match="linear decode"):
+        last_frames_map(stack, 1, "toy_self")
+    sigmas = inference_sigmas(50, 5.0)
+    for source in (SelfImageError(), RolloutImageError(), LastFramesImageError()):
+        with pytest.raises(ValueError, match="img_source=toy_.*needs an autoencoder with a linear decode.*window"):
+            source.bind(tiny_stack, Condition(), FlowConfig(), sigmas)
+
+
+def test_last_frames_source_maps_a_stored_error(toy_stack):
+    memory = ReplayMemory(MemoryConfig(num_grids=50, capacity=4))
+    stored = 0.05 * torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    memory.vid.add(7, stored)
+    source = LastFramesImageError(scale=2.0)
+    source.bind(toy_stack, Condition(num_motion_frames=1), FlowConfig(), inference_sigmas(50, 3.0))
+    assert source.ready(memory.reader()) and not source.ready(ReplayMemory(MemoryConfig()).reader())
+    x0 = torch.zeros(2, 64, 3, 8, 8)
+    req = _request(x0, torch.zeros(2, 68, 3, 8, 8), [False, True], None, num_frames=1, memory=memory.reader())
+    e_img = source(req)
+    want = 2.0 * last_frames_map(toy_stack, 1, "toy_last_frames")(stored)[:, :1]
+    assert torch.all(e_img[0] == 0) and torch.allclose(e_img[1], want, atol=1e-6)
+
+
+def test_self_source_is_the_models_own_current_error_on_the_sample():
+    """E_img is this sample's own one-step clean-end error, through the map; it needs no bank."""
+    x0, y = _tensors(3)
+    seen = []
+    bias = torch.linspace(-0.2, 0.2, 5).view(1, 1, 5, 1, 1)  # a different error in every latent frame
+
+    def oracle(x_s, y_in, t):  # knows the clean latent: predicts it exactly, up to `bias`
+        seen.append((y_in.clone(), t.clone()))
+        s = (t / 1000.0).view(-1, 1, 1, 1, 1)
+        return (x_s - (x0 + bias)) / s
+
+    source = SelfImageError(max_sigma=0.5, scale=0.5)
+    source.grid_sigmas = inference_sigmas(50, 3.0)  # what bind sets, without an autoencoder
+    source.buckets = torch.nonzero(source.grid_sigmas <= 0.5).flatten()
+    source.img_map = lambda e: e[:, -2:].flip(1)  # stands in for the last-frames map
+    e_img = source(_request(x0, y, [True, False], oracle))
+    assert e_img.shape == (2, 16, 2, 4, 4)
+    assert torch.allclose(e_img[0], 0.5 * bias[0, :, [4, 3]].expand(16, 2, 4, 4), atol=1e-5)  # mapped, scaled
+    assert torch.all(e_img[1] == 0)  # not selected
+    y_in, t = seen[0]
+    assert torch.equal(y_in, y)  # the sample's own condition
+    assert torch.all(t / 1000.0 <= 0.5 + 1e-6)  # noise levels from the allowed buckets
+    assert source.ready(ReplayMemory(MemoryConfig()).reader())  # an empty bank does not matter
+    seen.clear()
+    assert torch.all(source(_request(x0, y, [False, False], oracle)) == 0) and not seen  # nothing selected: no forward
+
+
+def test_rollout_source_is_the_error_of_the_clip_the_model_samples():
+    """The sampler's whole trajectory from noise on the sample's own condition; the generated clip's error."""
+    x0, y = _tensors(4)
+    seen = []
+    bias = torch.linspace(-0.3, 0.3, 5).view(1, 1, 5, 1, 1)
+
+    def oracle(x_s, y_in, t):  # predicts x0 + bias at every step: Euler then lands exactly on x0 + bias
+        seen.append((y_in.clone(), t.clone()))
+        s = (t / 1000.0).view(-1, 1, 1, 1, 1)
+        return (x_s - (x0 + bias)) / s
+
+    source = RolloutImageError(steps=6, scale=2.0)
+    sigmas = inference_sigmas(6, 3.0)
+    source.sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])  # what bind sets for steps=6, shift 3
+    source.img_map = lambda e: e[:, -2:].flip(1)
+    e_img = source(_request(x0, y, [False, True], oracle))
+    assert torch.all(e_img[0] == 0)  # not selected
+    assert torch.allclose(e_img[1], 2.0 * bias[0, :, [4, 3]].expand(16, 2, 4, 4), atol=1e-4)
+    assert len(seen) == 6 and all(torch.equal(y_in, y) for y_in, _ in seen)  # one forward per step, own condition
+    assert torch.allclose(torch.stack([t[0] for _, t in seen]), sigmas * 1000.0)  # the sampler's schedule
+    with pytest.raises(ValueError, match="img_source.steps"):
+        RolloutImageError(steps=-1)
+
+
+def test_rollout_source_binds_the_samplers_schedule(toy_stack):
+    source = RolloutImageError()  # steps 0: the flow's sampling steps
+    source.bind(toy_stack, Condition(num_motion_frames=1), FlowConfig(shift=3.0, num_inference_steps=4),
+                inference_sigmas(50, 3.0))
+    assert torch.allclose(source.sigmas[:-1], inference_sigmas(4, 3.0)) and source.sigmas[-1] == 0
