@@ -1,5 +1,5 @@
 """Which autoencoder for the toy world: the real `AutoencoderKLWan` trained from scratch vs the fixed
-linear patch autoencoder (`svi.backbones.patch_ae`), on held-out toy clips at 32x32.
+linear patch autoencoder (`svi.toy.autoencoder`), on held-out toy clips at 32x32.
 
 The Wan VAE is built at 4x spatial / 4x temporal compression (dim_mult [1, 1, 1]; Wan's own 8x would leave
 a 4x4 latent at 32x32) and trained with an L1 + KL objective for a fixed wall-clock budget; the PCA
@@ -16,8 +16,8 @@ import time
 import torch
 from diffusers import AutoencoderKLWan
 
-from svi.backbones.patch_ae import PatchAutoencoder
-from svi.data.toyclips import TEST, ToyClips, toy_videos
+from svi.toy.autoencoder import PatchAutoencoder
+from svi.toy.clips import TEST, ToyClips, toy_videos
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

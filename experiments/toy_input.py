@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from svi.data.toyworld import caption, make_scene, render
+from svi.toy.world import caption, make_scene, render
 
 
 def main() -> None:

@@ -7,11 +7,11 @@
 set -euo pipefail
 PY=${PY:-python}
 if [[ -n "${K2:-}" ]]; then  # the K = 2 base: the toy_shot_k2 recipe, evaluated as make demo
-    EXPERIMENT=${EXPERIMENT:-toy_shot_k2}; DEMO=${DEMO:-demo}; STEPS=${STEPS:-200}
+    EXPERIMENT=${EXPERIMENT:-toy_shot_k2}; DEMO=${DEMO:-toy/demo}; STEPS=${STEPS:-200}
     OUT=${OUT:-outputs/experiments/toy_ablation_k2}
 fi
 EXPERIMENT=${EXPERIMENT:-toy_shot}      # the fine-tune recipe (conf/experiment/)
-DEMO=${DEMO:-demo_v1}                   # the svi-demo config that rolls out and scores (same base and K)
+DEMO=${DEMO:-toy/demo_v1}               # the svi-demo config that rolls out and scores (same base and K)
 OUT=${OUT:-outputs/experiments/toy_ablation}
 SEEDS=${SEEDS:-0,1,2}
 STEPS=${STEPS:-600}
@@ -24,12 +24,7 @@ q() { printf "'%s'" "$1"; }   # quote a path for Hydra: sweep job folders contai
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} $PY -m svi.train -m experiment="$EXPERIMENT" ablation="$ABLATIONS" seed="$SEEDS" \
     trainer.max_steps="$STEPS" hydra/launcher=joblib hydra.launcher.n_jobs="$JOBS" hydra.sweep.dir="$(q "$OUT/train")"
 
-# 2. Roll out every LoRA and the base on each seed's held-out worlds (same worlds and noise for every row);
-#    each run gets metrics.json, the base gets eval/base_seed<k>/.
+# 2. Roll out every LoRA and the base on each seed's held-out worlds (same worlds and noise for every row),
+#    write metrics.json into each run and the table (one row per ablation, mean +- std over seeds):
+#    $OUT/eval/table.md (.csv, .tex) and the drift table with paired intervals, $OUT/eval/drift_table.md.
 $PY -m svi.toy.demo --config-name "$DEMO" adapters="$(q "$OUT/train/*")" hydra.run.dir="$(q "$OUT/eval")"
-
-# 3. The table: one row per ablation, mean +- std over seeds.
-$PY -m svi.table runs="$(q "$OUT/*/*")" \
-    columns='[drift,background_drift,world_rmse_first,bg_rmse_first,objects_late,col_shift_late,hf_ratio_late]' \
-    row_order='[base,none,no_img,no_noi,no_vid,no_erft]' out="$(q "$OUT")" name=toy_table4 \
-    hydra.run.dir="$(q "$OUT/table_log")"

@@ -123,7 +123,7 @@ class ToyWorldVideo:
 
     def __init__(self, scenes_jsonl: str | Path, index: int, num_frames: int, height: int, width: int,
                  fps: float = 16.0):
-        from svi.data.toyworld import load_scene, read_scenes
+        from svi.toy.world import load_scene, read_scenes
 
         rows = read_scenes(scenes_jsonl)
         if not 0 <= index < len(rows):
@@ -139,7 +139,7 @@ class ToyWorldVideo:
         return self.height, self.width
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        from svi.data.toyworld import render
+        from svi.toy.world import render
 
         stop = min(stop, self.num_frames)
         if stop <= start:

@@ -1,15 +1,17 @@
 """svi-demo (`make demo`): the whole SVI story at toy scale, measured, on a laptop CPU.
 
-1. From the shipped toy base, fine-tune two LoRAs per seed for the same steps: ERFT (`experiment=toy_shot`)
-   and plain (`ablation=no_erft`), through `svi-train` (one process per run, two at a time).
+1. From the shipped toy base, fine-tune two LoRAs per seed for the same steps: ERFT (`train_experiment`)
+   and plain (`ablation=no_erft`), each a real `svi-train` run (one process per run, two at a time).
 2. Roll out `num_clips` clips from held-out toy-world starts with base, plain LoRA and ERFT; every model
    sees the same worlds and the same noise per seed.
 3. Measure drift against the world's ground truth and invariants; print the drift table with paired
-   intervals; write `summary.json`, per-clip curves (`drift_vs_time.png`) and side-by-side mp4s.
+   intervals; write `summary.json`, `table.md/.csv/.tex` (mean ± std over seeds), per-clip curves
+   (`drift_vs_time.png`) and side-by-side mp4s.
 
-    svi-demo                                   # the default: 3 seeds x (plain, ERFT), 30 clips
+    svi-demo                                   # the default (conf/toy/demo.yaml): 3 seeds x (plain, ERFT)
     svi-demo seeds=[0] eval.num_videos=4       # a quick look
     svi-demo "models.erft=['ablation=none','injection.p_clean=0.5']"   # any svi-train override per model
+    svi-demo adapters='outputs/x/train/*'      # score finished svi-train runs (a sweep) instead
 """
 
 from __future__ import annotations
@@ -74,31 +76,45 @@ def adapters_from_runs(pattern: str) -> tuple[dict[tuple[str, int], Path], dict[
     return adapters, dirs
 
 
-def write_run_metrics(cfg: DictConfig, results: dict, dirs: dict[tuple[str, int], Path], out: Path) -> None:
-    """One metrics.json per evaluated run (svi-table reads its `summary`); the base gets its own folders."""
+def run_summaries(results: dict) -> dict[tuple[str, int], dict[str, float]]:
+    """Per (model, seed): the drift numbers a table row shows (the same as each run's metrics.json)."""
     from svi.toy.evaluate import BACKGROUND, PRIMARY, late_clips
 
+    out = {}
     for seed, r in results.items():
         for name, ev in r.items():
             if name == "ceiling":
                 continue
-            d = ev.drift(r["ceiling"])
             late = late_clips(ev.per_clip[PRIMARY].shape[1])
-            summary = {"drift": float(np.nanmean(d)),
-                       "background_drift": float(np.nanmean(ev.drift(r["ceiling"], BACKGROUND))),
-                       "world_rmse_first": float(np.nanmean(ev.per_clip[PRIMARY][:, 0])),
-                       "bg_rmse_first": float(np.nanmean(ev.per_clip[BACKGROUND][:, 0])),
-                       "bg_rmse_late": float(np.nanmean(ev.per_clip[BACKGROUND][:, late])),
-                       "col_shift_late": float(np.nanmean(ev.per_clip["col_shift"][:, late])),
-                       "objects_late": float(np.nanmean(ev.per_clip["objects"][:, late])),
-                       "hf_ratio_late": float(np.nanmean(ev.per_clip["hf_ratio"][:, late]))}
-            run_dir = dirs.get((name, int(seed)))
-            if run_dir is None:  # the base: a folder that reads like a run to svi-table
-                run_dir = out / f"{name}_seed{seed}"
-                (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-                OmegaConf.save(OmegaConf.create({"experiment_name": cfg.train_experiment, "ablation_name": name,
-                                                 "seed": int(seed)}), run_dir / ".hydra" / "config.yaml")
-            (run_dir / "metrics.json").write_text(json.dumps({"summary": summary}, indent=2))
+            out[(name, int(seed))] = {
+                "drift": float(np.nanmean(ev.drift(r["ceiling"]))),
+                "background_drift": float(np.nanmean(ev.drift(r["ceiling"], BACKGROUND))),
+                "world_rmse_first": float(np.nanmean(ev.per_clip[PRIMARY][:, 0])),
+                "bg_rmse_first": float(np.nanmean(ev.per_clip[BACKGROUND][:, 0])),
+                "bg_rmse_late": float(np.nanmean(ev.per_clip[BACKGROUND][:, late])),
+                "col_shift_late": float(np.nanmean(ev.per_clip["col_shift"][:, late])),
+                "objects_late": float(np.nanmean(ev.per_clip["objects"][:, late])),
+                "hf_ratio_late": float(np.nanmean(ev.per_clip["hf_ratio"][:, late]))}
+    return out
+
+
+TABLE_COLUMNS = ("drift", "background_drift", "world_rmse_first", "bg_rmse_first", "objects_late",
+                 "col_shift_late", "hf_ratio_late")
+
+
+def write_tables(cfg: DictConfig, summaries: dict, run_dirs: dict[tuple[str, int], Path], out: Path) -> Path:
+    """`table.md/.csv/.tex` (one row per model, mean ± std over seeds, built by `svi.metrics.table`), and a
+    `metrics.json` in each scored `svi-train` run (so `svi-table` over the runs gives the same rows)."""
+    from svi.metrics.table import RunRecord, build_table, write_table
+
+    records = [RunRecord(run_dirs.get(key, out), str(cfg.train_experiment), key[0], key[1], values)
+               for key, values in summaries.items()]
+    for key, values in summaries.items():
+        if key in run_dirs:
+            (run_dirs[key] / "metrics.json").write_text(json.dumps({"summary": values}, indent=2))
+    order = ["base", *cfg.ablation_order, *cfg.models]
+    write_table(build_table(records, TABLE_COLUMNS, row_order=order), out, name="table")
+    return out / "table.md"
 
 
 def run_finetunes(cfg: DictConfig, out: Path) -> dict[tuple[str, int], Path]:
@@ -145,12 +161,13 @@ def _sampler(cfg: DictConfig, stack):
 
     condition = instantiate(cfg.condition)
     flow = {"shift": cfg.eval.shift, "num_inference_steps": cfg.eval.num_inference_steps}
-    return SVIClipSampler(condition, stack=stack, flow=flow, handoff=cfg.eval.handoff, progress=False)
+    return SVIClipSampler(condition, stack=stack, flow=flow, handoff=cfg.eval.handoff, quantize=cfg.eval.quantize,
+                          progress=False)
 
 
 def evaluate_all(cfg: DictConfig, adapters: dict[tuple[str, int], Path], out: Path) -> dict:
-    from svi.backbones.toy import load_toy_base
-    from svi.data.toyclips import ToyWorldSpec
+    from svi.toy.backbone import load_toy_base
+    from svi.toy.clips import ToyWorldSpec
     from svi.toy.evaluate import metric_pool
 
     stack = load_toy_base(cfg.base)
@@ -398,10 +415,10 @@ def run(cfg: DictConfig) -> dict:
         cfg.seeds = sorted({k[1] for k in adapters})
     else:
         adapters = run_finetunes(cfg, out)
+        dirs = {key: path.parent for key, path in adapters.items()}
     t_train = time.time() - t0
     evald = evaluate_all(cfg, adapters, out)
-    if cfg.adapters:
-        write_run_metrics(cfg, evald["results"], dirs, out)
+    table_file = write_tables(cfg, run_summaries(evald["results"]), dirs, out)
     t_eval = time.time() - t0 - t_train
     summary = summarise(cfg, evald["results"], {"finetune": round(t_train, 1), "rollout_eval": round(t_eval, 1)})
     save_per_clip(evald["results"], out / "per_clip.npz")
@@ -410,7 +427,8 @@ def run(cfg: DictConfig) -> dict:
     mp4s = write_side_by_side(vids, out / "videos", int(cfg.num_side_by_side))
     plot = plot_curves(summary, out / "drift_vs_time.png")
     summary["timings_s"]["total"] = round(time.time() - t0, 1)
-    summary["files"] = {"plot": str(plot), "videos": [str(p) for p in mp4s], "per_clip": str(out / "per_clip.npz")}
+    summary["files"] = {"plot": str(plot), "videos": [str(p) for p in mp4s], "per_clip": str(out / "per_clip.npz"),
+                        "table": str(table_file)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     table = drift_table(summary)
     (out / "drift_table.md").write_text(table + "\n")
@@ -420,7 +438,7 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="demo")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="toy/demo")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -1,6 +1,6 @@
 """Drift against the toy world's ground truth and invariants, per generated frame.
 
-The world is its own oracle (`svi.data.toyworld`): for frame t we know the true frame, the true static
+The world is its own oracle (`svi.toy.world`): for frame t we know the true frame, the true static
 background and where every sprite is. Per frame (8-bit RGB, H x W):
 
 * `bg_rmse`   RMSE to the true background on pixels away from every true sprite (dilated by `margin`)
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from svi.data.toyworld import SPRITE_COLOURS, _background, _brightness, _draw_sprites, _shot_of, render, sprite_centres
+from svi.toy.world import SPRITE_COLOURS, _background, _brightness, _draw_sprites, _shot_of, render, sprite_centres
 
 # Laplacian energy of uniform 8-bit rounding noise: the stencil's squared weights sum to 20, times 1/12.
 HF_FLOOR = 20.0 / 12.0

@@ -3,7 +3,7 @@
 Every video starts from the first K frames of a test world (frame 0 is the Shot reference; with K = 1
 this is `svi-generate`'s single input image) and is extended clip by clip exactly as `svi-generate`
 does it (`SVIClipSampler.sample_clip`: condition from the previous clip's last frames, pixel round
-trip with 8-bit quantisation, fresh noise per clip). The noise of clip c is drawn from
+trip with the sampler's 8-bit quantisation, fresh noise per clip). The noise of clip c is drawn from
 (noise_seed, c) for the whole batch, so two models rolled out with the same seed see identical noise:
 their differences are paired.
 """
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from svi.data.toyclips import ToyWorldSpec, heldout_scene_seed, to_tensor
-from svi.data.toyworld import caption, render
-from svi.sampling.media import from_uint8
+from svi.toy.clips import ToyWorldSpec, heldout_scene_seed, to_tensor
+from svi.toy.world import caption, render
+from svi.sampling.media import from_uint8, quantize_frames
 from svi.sampling.svi_clip import SVIClipSampler, motion_latent_frames
 
 
@@ -65,7 +65,7 @@ def rollout(sampler: SVIClipSampler, worlds: list, num_clips: int, num_frames: i
             x = sampler.sample_clip(motion, ref, num_frames, text, noise,
                                     prev_latents=prev if sampler.handoff == "latent" else None)
             video = stack.decode_latents(x)  # (B, 3, F, H, W)
-            frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+            frames = quantize_frames(video, sampler.quantize).numpy()  # (B, F, H, W, 3), as the sampler writes them
             out[b0 : b0 + B, pos : pos + new] = frames[:, K:]
             pos += new
             motion = torch.cat([from_uint8(f[-K:]) for f in frames])  # (B, 3, K, H, W): 8-bit round trip

@@ -50,7 +50,7 @@ def make_generation(out: Path, clip_frames=(16, 16, 16, 17), drift: float = 0.0,
                     size: int = 64, fps: int = 16) -> tuple[Path, Path]:
     """A toy-world video written through svi-generate's own OutputSession (video.mp4, clips/, state/),
     optionally degraded clip by clip (blur + a warm colour cast growing with `drift`); returns (dir, scenes.jsonl)."""
-    from svi.data.toyworld import make_scene, render
+    from svi.toy.world import make_scene, render
     from svi.sampling import Chunk, OutputSession
 
     scene = make_scene(world_seed)

@@ -7,7 +7,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from svi.backbones.toy import load_toy_base
+from svi.toy.backbone import load_toy_base
 
 
 @pytest.mark.slow
@@ -66,9 +66,8 @@ def test_demo_writes_summary_plot_and_videos(toy_base_dir, tmp_path):
     again = subprocess.run([sys.executable, "-m", "svi.toy.demo", f"base={toy_base_dir}", "steps=3", "seeds=[0,1]",
                             "eval.num_videos=2", "eval.num_clips=2", "eval.num_inference_steps=2",
                             "num_side_by_side=1", "train_overrides=['data.batch_size=2']",
-                            "+models.erft_self=['ablation=none','injection.img_source=self']",
-                            "+models.erft_roll=['ablation=none','injection.img_source=rollout',"
-                            "'injection.img_rollout_steps=2']",
+                            "+models.erft_self=['ablation=none','img_source=toy_self']",
+                            "+models.erft_roll=['ablation=none','img_source=toy_rollout','img_source.steps=2']",
                             f"hydra.run.dir={out}"], capture_output=True, text=True)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "4 fine-tune(s) already done" in again.stdout + again.stderr
@@ -78,14 +77,21 @@ def test_demo_writes_summary_plot_and_videos(toy_base_dir, tmp_path):
         assert variant["pooled"]["n"] == 4 and set(variant["per_seed"]) == {"0", "1"}
         assert abs(variant["ratio"] - summary["drift"][name] / summary["drift"]["plain_lora"]) < 1e-9
     assert "erft_self - plain LoRA" in again.stdout
+    # the table of every model, mean +- std over seeds, built from the scored runs (and each run's metrics.json)
+    table = (out / "table.md").read_text()
+    assert all(f"| {name} | 0,1 |" in table for name in ("base", "plain_lora", "erft", "erft_self", "erft_roll"))
+    run = out / "train" / "erft_seed0"
+    assert json.loads((run / "metrics.json").read_text())["summary"]["drift"] == pytest.approx(
+        summary["per_seed"]["erft"][0])
+    assert not (out / "base_seed0").exists()  # no stand-in run folders for the base
 
 
-def test_demo_default_is_the_k2_preset_and_the_v1_and_round_6_settings_stay_available():
+def test_demo_default_is_the_k2_preset_and_the_variants_inherit_it():
     """`make demo`: the K = 2 base shipped in the package, its recipe (toy_shot_k2: per-sample image errors),
-    200 steps, 60 clips sampled with 5 steps; demo_v1 (base v1) and demo_k2 (round 6) compose."""
+    200 steps, 60 clips sampled with 5 steps; toy/demo_v1 (base v1) and toy/demo_k2 inherit and compose."""
     from tests.conftest import compose_config
 
-    cfg = compose_config("demo", [])
+    cfg = compose_config("toy/demo", [])
     stack = load_toy_base(cfg.base)  # ${svi.asset:toy_base_k2} resolves to a loadable base
     assert cfg.base.endswith("svi/assets/toy_base_k2") and type(stack.vae).__name__ == "PatchAutoencoder"
     assert cfg.condition.num_motion_frames == 2 and cfg.train_experiment == "toy_shot_k2"
@@ -93,14 +99,15 @@ def test_demo_default_is_the_k2_preset_and_the_v1_and_round_6_settings_stay_avai
     assert list(cfg.models.erft) == ["ablation=none"] and list(cfg.models.plain_lora) == ["ablation=no_erft"]
     train = compose_config("train", [f"experiment={cfg.train_experiment}", *cfg.models.erft])
     assert train.backbone.path == cfg.base and train.condition.num_motion_frames == 2  # the same base and K
-    assert train.injection.img_source == "self" and train.injection.y_error_num == 2
+    assert train.img_source._target_ == "svi.toy.image_errors.SelfImageError" and train.injection.y_error_num == 2
     plain = compose_config("train", [f"experiment={cfg.train_experiment}", *cfg.models.plain_lora])
     assert not plain.injection.enabled and plain.lora.rank == train.lora.rank
 
-    k2 = compose_config("demo_k2", [])  # round 6: the same recipe at 600 steps and 10 sampling steps
+    k2 = compose_config("toy/demo_k2", [])  # the same recipe at 600 steps and 10 sampling steps
     assert (k2.base, k2.train_experiment, k2.eval.num_clips) == (cfg.base, cfg.train_experiment, 60)
     assert (k2.steps, k2.eval.num_inference_steps) == (600, 10)
 
-    v1 = compose_config("demo_v1", [])  # rounds 1-3, the toy Table 4 on v1 and Film mode
+    v1 = compose_config("toy/demo_v1", [])  # base v1: the toy Table 4 and Film mode
     assert v1.base is None and v1.condition.num_motion_frames == 1 and v1.train_experiment == "toy_shot"
     assert (v1.steps, v1.eval.num_clips, v1.eval.num_inference_steps) == (600, 30, 10)
+    assert v1.eval.world == cfg.eval.world and v1.seeds == cfg.seeds  # inherited, not copied

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from svi.data.toyclips import ToyWorldSpec, heldout_scene_seed
-from svi.data.toyworld import _background, render
+from svi.toy.clips import ToyWorldSpec, heldout_scene_seed
+from svi.toy.world import _background, render
 from svi.toy.evaluate import paired_interval, t_quantile
 from svi.toy.metrics import clip_means, frame_metrics
 

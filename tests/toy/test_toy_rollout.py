@@ -3,16 +3,16 @@
 import numpy as np
 import torch
 
-from svi.conditions.i2v import I2VCondition
-from svi.data.toyclips import ToyWorldSpec
-from svi.data.toyworld import render
+from svi.conditions import Condition
+from svi.toy.clips import ToyWorldSpec
+from svi.toy.world import render
 from svi.sampling.svi_clip import SVIClipSampler
 from svi.toy.evaluate import evaluate_videos
 from svi.toy.rollout import autoencoder_round_trip, ground_truth, rollout, heldout_worlds
 
 
 def _sampler(stack, handoff="pixel"):
-    cond = I2VCondition(name="shot", num_motion_frames=1, ref_pad_num=-1)
+    cond = Condition(name="shot", num_motion_frames=1, ref_pad_num=-1)
     return SVIClipSampler(cond, stack=stack, flow={"shift": 3.0, "num_inference_steps": 2}, handoff=handoff,
                           progress=False)
 
@@ -49,7 +49,7 @@ def test_ground_truth_through_the_autoencoder_is_the_ceiling(toy_stack):
 
 def test_rollout_with_two_motion_frames_starts_from_the_first_true_frames(toy_stack):
     worlds = heldout_worlds(ToyWorldSpec(), seed=0, num_videos=2)
-    cond = I2VCondition(name="shot", num_motion_frames=2, ref_pad_num=-1)
+    cond = Condition(name="shot", num_motion_frames=2, ref_pad_num=-1)
     s = SVIClipSampler(cond, stack=toy_stack, flow={"shift": 3.0, "num_inference_steps": 2}, progress=False)
     r = rollout(s, worlds, num_clips=3, num_frames=9, noise_seed=0, height=32, width=32, progress=False)
     # K = 2 true input frames, then F - K = 7 new frames per clip

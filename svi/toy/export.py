@@ -1,6 +1,6 @@
 """``svi-toyworld``: write the procedural toy world to disk in the official SVI dataset layout.
 
-A thin Hydra wrapper over :func:`svi.data.toyworld.write_dataset`, so a download-free dataset can be
+A thin Hydra wrapper over :func:`svi.toy.world.write_dataset`, so a download-free dataset can be
 made with one command, e.g. ``svi-toyworld out=data/toy num_videos=64``.
 """
 
@@ -10,11 +10,11 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from svi.data.toyworld import write_dataset
+from svi.toy.world import write_dataset
 from svi.paths import CONF_DIR
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="toyworld")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="toy/toyworld")
 def main(cfg: DictConfig) -> dict:
     """Write the dataset described by ``cfg`` and print a one-line summary."""
     if OmegaConf.is_missing(cfg, "out"):

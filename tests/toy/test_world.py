@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from svi.data import toyworld as tw
-from svi.data.toyworld import (Background, FilmScript, Scene, Sprite, caption, caption_at, captions_per_shot,
+from svi.toy import world as tw
+from svi.toy.world import (Background, FilmScript, Scene, Sprite, caption, caption_at, captions_per_shot,
                                load_scene, make_scene, make_world, read_scenes, render, sprite_centres,
                                sprite_positions, write_dataset)
 
@@ -162,7 +162,7 @@ def test_write_dataset_film_records_per_shot_captions(tmp_path):
 
 def test_entrypoint_writes_the_layout(tmp_path):
     out = tmp_path / "data"
-    cmd = [sys.executable, "-m", "svi.toyworld", f"out={out}", "num_videos=2", "num_frames=17", "height=64",
+    cmd = [sys.executable, "-m", "svi.toy.export", f"out={out}", "num_videos=2", "num_frames=17", "height=64",
            "width=64", f"hydra.run.dir={tmp_path / 'run'}"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -176,6 +176,6 @@ def test_entrypoint_writes_the_layout(tmp_path):
 
 
 def test_entrypoint_requires_out(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "svi.toyworld", f"hydra.run.dir={tmp_path}"],
+    result = subprocess.run([sys.executable, "-m", "svi.toy.export", f"hydra.run.dir={tmp_path}"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode != 0 and "out=" in result.stderr

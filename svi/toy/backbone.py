@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from svi.backbones.patch_ae import PatchAutoencoder
+from svi.toy.autoencoder import PatchAutoencoder
 from svi.backbones.wan import WanStack, _check_dims, build_tiny_wan, load_wan_dir
 
 TOY_BASE_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_base"
@@ -24,7 +24,7 @@ def build_toy_wan(transformer: dict, text_encoder: dict, vae: dict, fit: dict, s
                   components: Sequence[str] = ("transformer", "vae", "text_encoder"), dtype: str = "float32",
                   native: dict | None = None, dims: dict | None = None) -> WanStack:
     """Random-init toy DiT + text encoder; the autoencoder is PCA-fitted on `fit.num_videos` toy clips."""
-    from svi.data.toyclips import toy_videos
+    from svi.toy.clips import toy_videos
 
     stack = build_tiny_wan(transformer=transformer, text_encoder=text_encoder, seed=seed, text_len=text_len,
                            components=[c for c in components if c != "vae"], dtype=dtype)
@@ -45,4 +45,4 @@ def load_toy_base(path: str | None = None, components: Sequence[str] = ("transfo
         raise FileNotFoundError(f"no toy base model in {root}: run `make toy-base` (K = 2) or `make toy-base-v1` "
                                 f"(svi-train experiment=toy_pretrain) to train it, or set {TOY_BASE_ENV} to its directory")
     return load_wan_dir(root, env_var=TOY_BASE_ENV, components=components, dtype=dtype, text_len=text_len,
-                        dims=dims)
+                        dims=dims, vae_class=PatchAutoencoder)

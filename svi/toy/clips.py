@@ -12,6 +12,7 @@ clip (the prototype's "random frame of the same 48-frame video"); at test it is 
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import lightning as L
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from svi.data.toyworld import caption, derive_seed, make_world, render
+from svi.toy.world import caption, derive_seed, make_world, render
 
 TRAIN, TEST = 0, 1
 
@@ -57,7 +58,8 @@ class ToyClips(Dataset):
     """`length` clips of `num_frames` frames from procedurally drawn toy scenes."""
 
     def __init__(self, num_frames: int = 9, length: int = 1_000_000, seed: int = 0, clips_per_scene: int = 1,
-                 max_start: int = 240, ref_window: int = 48, world: ToyWorldSpec | dict | None = None):
+                 max_start: int = 240, ref_window: int = 48, world: ToyWorldSpec | dict | None = None,
+                 condition=None):
         if (num_frames - 1) % 4:
             raise ValueError(f"data.num_frames must be 1+4k (e.g. 9, 17), got {num_frames}")
         if length < 1 or clips_per_scene < 1:
@@ -65,6 +67,7 @@ class ToyClips(Dataset):
         self.num_frames, self.length, self.seed = num_frames, length, seed
         self.clips_per_scene, self.max_start, self.ref_window = clips_per_scene, max_start, ref_window
         self.world_spec = world if isinstance(world, ToyWorldSpec) else ToyWorldSpec(**dict(world or {}))
+        self.condition = condition  # its per-clip draws (Film's motion-frame mix)
 
     def __len__(self) -> int:
         return self.length
@@ -78,7 +81,9 @@ class ToyClips(Dataset):
         ref_t = int(rng.integers(lo, lo + self.ref_window))
         video = render(world, start, F, spec.height, spec.width)
         ref = render(world, ref_t, 1, spec.height, spec.width)
-        return {"video": to_tensor(video), "ref_image": to_tensor(ref)[:, 0], "caption": caption(world)}
+        draws = self.condition.draw(random.Random(derive_seed(self.seed, 3, index))) if self.condition else {}
+        return {"video": to_tensor(video), "ref_image": to_tensor(ref)[:, 0], "caption": caption(world),
+                "draws": draws}
 
 
 class ToyClipsDataModule(L.LightningDataModule):
