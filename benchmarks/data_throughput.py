@@ -55,8 +55,8 @@ def main() -> None:
     from hydra.utils import instantiate
 
     import svi.config  # noqa: F401
-    from svi.data.cache import CachedLatents, encode_clips, prepare_cache
-    from svi.data.toyworld import write_dataset
+    from svi.data.cache import CachedLatents, prepare_cache
+    from svi.toy.world import write_dataset
     from svi.data.video import VideoClipDataset, collate_clips
     from svi.paths import CONF_DIR
 
@@ -79,7 +79,7 @@ def main() -> None:
                             collate_fn=collate_clips)
 
         def encode(batch):
-            encode_clips(stack, condition, batch["video"], batch["ref_image"], batch["caption"])
+            condition.encode_clip(stack, batch["video"], batch["ref_image"], batch["caption"])
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
 

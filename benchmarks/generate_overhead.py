@@ -35,7 +35,7 @@ def main() -> None:
     from transformers import CLIPImageProcessor
 
     from svi.backbones import build_tiny_wan
-    from svi.conditions import I2VCondition
+    from svi.conditions import Condition
     from svi.paths import CONF_DIR
     from svi.sampling import GenerationRequest, OutputSession, SVIClipSampler, build_schedule
     from svi.sampling.media import load_image
@@ -51,7 +51,7 @@ def main() -> None:
     (tmp / "p.txt").write_text("a red disc drifts to the right\n")
     schedule = build_schedule(tmp / "p.txt", num_clips=1, cfg=5.0)
     request = GenerationRequest(load_image(tmp / "image.png", H, W), schedule, num_frames=F, height=H, width=W)
-    sampler = SVIClipSampler(I2VCondition("k1", num_motion_frames=1, ref_pad_num=0), stack=stack,
+    sampler = SVIClipSampler(Condition("k1", num_motion_frames=1, ref_pad_num=0), stack=stack,
                              flow={"num_inference_steps": args.steps, "shift": 5.0}, progress=False)
 
     class SVISigmas(FlowMatchEulerDiscreteScheduler):

@@ -104,14 +104,14 @@ def main() -> None:
     warnings.filterwarnings("ignore")  # `self.log` outside a Trainer
     torch.backends.cuda.matmul.allow_tf32 = True
 
-    from svi.conditions import I2VCondition
-    from svi.erft.memory import ReplayMemory
-    from svi.lit import ERFTModule
     from svi.backbones.wan import WanStack
+    from svi.conditions import ShotCondition
+    from svi.erft.memory import MemoryConfig, ReplayMemory
+    from svi.lit import ERFTModule
 
     t0 = time.perf_counter()
     stack = WanStack(build_transformer(args.model, args.device))
-    condition = I2VCondition(name="shot", num_motion_frames=1, ref_pad_num=-1)
+    condition = ShotCondition()
     module = ERFTModule(stack, condition, lora={"rank": args.lora_rank, "alpha": args.lora_rank},
                         injection={"p_noi": 0.01, "p_vid": 0.9, "p_img": 0.9, "p_clean": 0.2},
                         gradient_checkpointing=not args.no_checkpointing).to(args.device)
@@ -125,9 +125,8 @@ def main() -> None:
     print(f"Wan 2.1 {args.model}: {n_base / 1e9:.2f} B frozen + {n_lora / 1e6:.0f} M LoRA params; latent {shape}; "
           f"built in {time.perf_counter() - t0:.0f} s on {torch.cuda.get_device_name() if cuda else args.device}")
 
-    memory = ReplayMemory(num_buckets=50, capacity=args.capacity, replacement=args.replacement,
-                          dtype=args.memory_dtype, device=args.memory_device,
-                          budget_bytes=int(args.budget_gib * 2**30))
+    memory = ReplayMemory(MemoryConfig(num_grids=50, capacity=args.capacity, replacement=args.replacement,
+                                       dtype=args.memory_dtype, device=args.memory_device, budget_gib=args.budget_gib))
     t0 = time.perf_counter()
     fill_memory(memory, shape, torch.Generator().manual_seed(0))
     print(f"replay memory: Z = {memory.vid.z} per bucket from {args.budget_gib} GiB, {args.memory_dtype} on "
@@ -144,7 +143,7 @@ def main() -> None:
     def step(kind: str) -> None:
         erft = kind == "erft"
         module.injection.enabled = erft
-        module.error_memory = memory if erft else None
+        module.error_memory = memory.reader() if erft else None
         sync()
         t = time.perf_counter()
         out = module.training_step(batch, 0)

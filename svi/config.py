@@ -1,52 +1,34 @@
 """Typed schemas for our own config groups, registered with Hydra's ConfigStore.
 
-A YAML file of a typed group starts with `defaults: [schema, _self_]`, so a misspelt key
-(`injection.p_nio=0.1`) or a wrong type fails when the config is composed, not hours into a run.
-Third-party objects (Trainer, loggers, callbacks) stay plain `_target_` nodes.
+A YAML file of a typed group starts with `defaults: [schema, _self_]` (or `[<name>_schema, _self_]` for a
+plug-in), so a misspelt key (`injection.p_nio=0.1`) or a wrong type fails when the config is composed,
+not hours into a run. A plug-in's schema (a condition type, an image-error source) is derived from its
+constructor's arguments by `register_schema`. Third-party objects (Trainer, loggers, callbacks) stay
+plain `_target_` nodes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from svi.backbones.lora import LoraSpec
+from svi.conditions import FilmCondition, ShotCondition
+from svi.erft.image_error import WindowImageError
 from svi.erft.injection import InjectionConfig
+from svi.erft.memory import MemoryConfig
 from svi.flow import FlowConfig
 
 T = TypeVar("T")
-
-
-@dataclass
-class MemoryConfig:
-    """The replay memory (SPEC §3 step 7)."""
-
-    num_grids: int = 50  # N_test: buckets = nearest of the 50 shifted inference timesteps
-    capacity: int = 500  # Z: errors kept per bucket
-    replacement: str = "l2"  # l2 (nearest entry) | l2_sketch (nearest in sketch space) | random | fifo
-    warmup_steps: int = 50  # W: iterations during which all ranks all-gather their errors
-    dtype: str = "float32"  # storage dtype of the banks: float32 | bfloat16 | float16 | float8
-    device: str = "cpu"  # where the banks live: cpu (pinned when CUDA is available) | cuda
-    budget_gib: Optional[float] = None  # cap on both banks' bytes; Z shrinks to fit (None: Z only)
-    grow_by: int = 16  # entries allocated at a time as a bucket fills
-    sketch_dim: int = 256  # l2_sketch: count-sketch size per entry
-    sketch_rerank: int = 0  # l2_sketch: re-rank this many best sketch candidates exactly (0: none)
-    pin_memory: Optional[bool] = None  # pin CPU storage; None: when CUDA is available
-
-
-@dataclass
-class ConditionSchema:
-    _target_: str = "svi.conditions.I2VCondition"
-    name: str = "shot"
-    num_motion_frames: int = 1  # K
-    ref_pad_num: int = -1  # -1 reference repeated | 0 zeros | n copies then zeros
-    mask_all_motion_frames: bool = False  # mark all K motion frames known (officially only frame 0)
-    prompt_per_clip: bool = False  # Film: a prompt stream, one prompt per clip
+_PLAIN = (str, int, float, bool)
 
 
 @dataclass
@@ -62,13 +44,47 @@ def _schema_of(cls) -> Any:
     return OmegaConf.structured(cls)
 
 
+def _field_type(annotation: Any) -> Any:
+    """A constructor annotation -> a type OmegaConf can check (plain types, Optional of them, lists); else Any."""
+    if annotation in _PLAIN:
+        return annotation
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and rest[0] in _PLAIN:
+            return Optional[rest[0]] if type(None) in args else rest[0]
+    if origin in (list, typing.List) and args and args[0] in _PLAIN:
+        return list[args[0]]
+    return Any
+
+
+def register_schema(group: str, name: str, cls: type) -> None:
+    """Store `group/name` in the ConfigStore: a typed schema of `cls`'s constructor arguments plus its
+    `_target_`, so a YAML option of a plug-in starting `defaults: [name, _self_]` is checked at compose."""
+    hints = typing.get_type_hints(cls.__init__)
+    fields: list[tuple] = [("_target_", str, f"{cls.__module__}.{cls.__qualname__}")]
+    for param in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        kind = _field_type(hints.get(param.name, Any))
+        default = param.default if param.default is not param.empty else dataclasses.MISSING
+        if isinstance(default, (list, dict)):
+            fields.append((param.name, kind, field(default_factory=lambda d=default: type(d)(d))))
+        else:
+            fields.append((param.name, kind, default))
+    schema = dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
+    ConfigStore.instance().store(group=group, name=name, node=schema)
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(group="injection", name="schema", node=_schema_of(InjectionConfig))
     cs.store(group="flow", name="schema", node=_schema_of(FlowConfig))
     cs.store(group="memory", name="schema", node=_schema_of(MemoryConfig))
-    cs.store(group="condition", name="schema", node=_schema_of(ConditionSchema))
     cs.store(group="lora", name="schema", node=_schema_of(LoraSchema))
+    register_schema("condition", "shot_schema", ShotCondition)
+    register_schema("condition", "film_schema", FilmCondition)
+    register_schema("img_source", "window_schema", WindowImageError)
 
 
 def as_dataclass(cls: type[T], value: Any) -> T:

@@ -29,7 +29,7 @@ from svi.backbones.official import merge_lora, read_lora
 from svi.paths import CONF_DIR
 from svi.sampling.base import GenerationRequest
 from svi.sampling.media import load_image
-from svi.sampling.schedule import build_schedule, check_extra_inputs
+from svi.sampling.schedule import build_schedule
 from svi.sampling.session import OutputSession, file_sha256
 
 log = logging.getLogger("svi.generate")
@@ -54,8 +54,9 @@ def _device(name: str) -> torch.device:
 def hashed_config(cfg: DictConfig, request: GenerationRequest, lora_sha: str | None) -> dict:
     """What decides the frames: resume refuses to continue when any of it changed."""
     c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    keep = {k: c[k] for k in ("backbone", "condition", "sampler", "flow", "num_frames", "height", "width",
-                              "handoff", "fps")}
+    keep = {k: c[k] for k in ("backbone", "condition", "sampler", "flow", "num_frames", "handoff", "quantize",
+                              "fps", "inputs")}
+    keep["size"] = [request.height, request.width]
     keep["image_sha256"] = file_sha256(cfg.image)
     keep["lora"] = {"sha256": lora_sha, "scale": cfg.lora.scale} if lora_sha else None
     keep["schedule"] = [clip.to_dict() for clip in request.schedule]
@@ -68,16 +69,19 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
     condition = instantiate(cfg.condition)
     sampler = instantiate(cfg.sampler, condition=condition, progress=cfg.progress)
 
-    image = load_image(cfg.image, cfg.height, cfg.width)
+    resize = getattr(cfg.image_resize, "value", cfg.image_resize)
+    image = load_image(cfg.image, cfg.height, cfg.width, resize, cfg.max_width)  # (1, 3, H, W)
     first_only = cfg.use_first_prompt_only
     if first_only is None:
-        first_only = not getattr(condition, "prompt_per_clip", False)
+        first_only = not condition.prompt_per_clip
     schedule = build_schedule(cfg.prompts, num_clips=cfg.num_clips, base_seed=cfg.seed, cfg=cfg.cfg,
                               negative_prompt=cfg.negative_prompt, use_first_prompt_only=first_only,
-                              prompt_repeat_times=cfg.prompt_repeat_times, same_seed=cfg.same_seed)
-    check_extra_inputs(schedule, sampler.extra_inputs)
+                              prompt_repeat_times=cfg.prompt_repeat_times, same_seed=cfg.same_seed,
+                              seed_stride=cfg.seed_stride, extra_fields=condition.extra_fields)
+    inputs = OmegaConf.to_container(cfg.inputs, resolve=True)
+    condition.check_schedule(schedule, inputs)
     request = GenerationRequest(image=image, schedule=schedule, num_frames=cfg.num_frames,
-                                height=cfg.height, width=cfg.width)
+                                height=image.shape[-2], width=image.shape[-1], inputs=inputs, fps=cfg.fps)
     sampler.validate(request)
 
     lora = lora_sha = None
@@ -98,12 +102,19 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
     if point.chunks_done:
         log.info(f"[svi] resuming {out} after clip {point.chunks_done} of {total}")
 
-    stack = instantiate(cfg.backbone).to(_device(cfg.device))
+    stack = instantiate(cfg.backbone)
+    if sampler.use_lora:  # the condition type's adapters (none for shot and film), then what the file holds
+        condition.attach(stack.transformer)
+    stack = stack.to(_device(cfg.device))
     if lora is not None:
         n = merge_lora(stack.transformer, lora, cfg.lora.scale)
-        log.info(f"[svi] merged {lora.layout} LoRA {cfg.lora.path} (rank {lora.rank}, {n} modules)"
-                 + (f"; extra tensors not used by condition '{condition.name}': {sorted(lora.extras)[:4]}"
-                    if lora.extras else ""))
+        used = set(condition.load_adapter_tensors(lora.extras))
+        unused = sorted(set(lora.extras) - used)
+        log.info(f"[svi] merged {lora.layout} LoRA {cfg.lora.path} (rank {lora.rank}, {n} modules"
+                 + (f", {len(used)} adapter tensors of condition '{condition.name}'" if used else "") + ")")
+        if unused:
+            warnings.warn(f"{cfg.lora.path}: {len(unused)} tensor(s) belong to no module of condition "
+                          f"'{condition.name}' and are not used, e.g. {unused[:4]}")
     sampler.bind(stack)
 
     bar = tqdm(total=total, initial=point.chunks_done, desc="clips", unit="clip", disable=not cfg.progress)

@@ -1,9 +1,9 @@
 """svi-train: compose the config, instantiate, fit, report. No math and no dispatch lives here.
 
-    svi-train experiment=svi_shot_tiny                       # the method on a CPU in seconds
+    svi-train experiment=svi_shot debug=tiny                 # the method on a CPU in seconds
     svi-train experiment=svi_shot backbone=tiny data=synthetic trainer=cpu logger=csv trainer.max_steps=20
     svi-train experiment=svi_shot --cfg job                  # print the paper configuration
-    svi-train -m experiment=svi_shot_tiny ablation=none,no_erft,no_img,no_noi,no_vid   # a sweep
+    svi-train -m experiment=svi_shot debug=tiny ablation=none,no_erft,no_img,no_noi,no_vid   # a sweep
 """
 
 from __future__ import annotations

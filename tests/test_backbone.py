@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from svi.backbones import LoraSpec, attach_lora, build_tiny_wan, load_adapter, load_wan_dir, save_adapter, save_stack
 from svi.backbones.wan import load_wan_from_env
-from svi.conditions import I2VCondition
+from svi.conditions import Condition
 from tests.conftest import TINY, compose_config
 
 
@@ -129,22 +129,22 @@ def test_fresh_lora_is_identity_and_adapter_round_trips(tiny_cfg, tmp_path):
 
 
 def test_mask_layout_matches_wan_for_first_frame_and_all_motion_frames():
-    m = I2VCondition(num_motion_frames=1).mask(1, 17, 2, 2)
+    m = Condition(num_motion_frames=1).mask(1, 17, 2, 2)
     assert m.shape == (1, 4, 5, 2, 2)
     assert m[0, :, :, 0, 0].T.tolist() == [[1, 1, 1, 1]] + [[0, 0, 0, 0]] * 4
-    film = I2VCondition(num_motion_frames=5, ref_pad_num=0)
+    film = Condition(num_motion_frames=5, ref_pad_num=0)
     assert film.mask(1, 17, 1, 1)[0, :, :, 0, 0].T.tolist() == [[1, 1, 1, 1]] + [[0, 0, 0, 0]] * 4  # official
-    full = I2VCondition(num_motion_frames=5, ref_pad_num=0, mask_all_motion_frames=True)
+    full = Condition(num_motion_frames=5, ref_pad_num=0, mask_all_motion_frames=True)
     # latent frame 1 covers pixel frames 1..4 (known), latent frame 2 covers 5..8 (unknown)
     assert full.mask(1, 17, 1, 1)[0, :, :, 0, 0].T.tolist() == [[1] * 4, [1] * 4] + [[0] * 4] * 3
-    six = I2VCondition(num_motion_frames=6, ref_pad_num=0, mask_all_motion_frames=True)
+    six = Condition(num_motion_frames=6, ref_pad_num=0, mask_all_motion_frames=True)
     assert six.mask(1, 17, 1, 1)[0, :, 2, 0, 0].tolist() == [1, 0, 0, 0]  # pixel frame 5 = channel 0
 
 
 @pytest.mark.parametrize("ref_pad_num,expected", [(-1, ["m", "r", "r", "r", "r"]), (0, ["m", "0", "0", "0", "0"]),
                                                   (2, ["m", "r", "r", "0", "0"])])
 def test_reference_padding_modes(ref_pad_num, expected):
-    cond = I2VCondition(num_motion_frames=1, ref_pad_num=ref_pad_num)
+    cond = Condition(num_motion_frames=1, ref_pad_num=ref_pad_num)
     motion, ref = torch.full((1, 3, 1, 2, 2), 0.5), torch.full((1, 3, 2, 2), -0.5)
     video = cond.pixel_condition(motion, ref, num_frames=5)
     codes = {0.5: "m", -0.5: "r", 0.0: "0"}
@@ -152,15 +152,18 @@ def test_reference_padding_modes(ref_pad_num, expected):
 
 
 def test_condition_rejects_bad_geometry():
-    cond = I2VCondition(num_motion_frames=5, ref_pad_num=0)
+    cond = Condition(num_motion_frames=5, ref_pad_num=0)
     with pytest.raises(ValueError, match="1\\+4k"):
         cond.pixel_condition(torch.zeros(1, 3, 5, 8, 8), torch.zeros(1, 3, 8, 8), num_frames=18)
-    with pytest.raises(ValueError, match="motion frames"):
-        cond.pixel_condition(torch.zeros(1, 3, 1, 8, 8), torch.zeros(1, 3, 8, 8), num_frames=17)
+    with pytest.raises(ValueError, match="1 to 5 motion frames"):
+        cond.pixel_condition(torch.zeros(1, 3, 6, 8, 8), torch.zeros(1, 3, 8, 8), num_frames=17)
+    # fewer than K motion frames is a valid condition: generation's first clip, Film's single-frame samples
+    video = cond.pixel_condition(torch.ones(1, 3, 1, 8, 8), torch.ones(1, 3, 8, 8), num_frames=17)
+    assert video.shape == (1, 3, 17, 8, 8) and torch.all(video[:, :, 0] == 1) and torch.all(video[:, :, 1:] == 0)
 
 
 def test_build_y_is_mask_plus_encoded_condition_video(tiny_stack):
-    cond = I2VCondition(num_motion_frames=5, ref_pad_num=0)
+    cond = Condition(num_motion_frames=5, ref_pad_num=0)
     video, _, _ = _inputs(4)
     motion, ref = video[:, :, :5], video[:, :, 9]
     y = cond.build_y(tiny_stack, motion, ref, 17)

@@ -1,4 +1,4 @@
-"""Every experiment x ablation composes and instantiates; paper values are what SPEC §3 says."""
+"""Every experiment x ablation composes and instantiates; paper values are the official settings (docs/method.md)."""
 
 import subprocess
 import sys
@@ -17,7 +17,7 @@ ABLATIONS = sorted(p.stem for p in Path(CONF_DIR, "ablation").glob("*.yaml"))
 
 
 def test_the_grid_is_not_empty():
-    assert {"svi_shot", "svi_film", "svi_shot_tiny", "svi_film_tiny"} <= set(EXPERIMENTS)
+    assert {"svi_shot", "svi_film", "toy_shot", "toy_shot_k2", "toy_film"} <= set(EXPERIMENTS)
     assert {"none", "no_erft", "no_img", "no_noi", "no_vid"} <= set(ABLATIONS)
 
 
@@ -27,10 +27,9 @@ def test_experiment_ablation_composes_and_instantiates(experiment, ablation, tmp
     paper = compose_config("train", [f"experiment={experiment}", f"ablation={ablation}"])
     assert paper.ablation_name == ablation
     # Instantiate on this CPU machine: tiny backbone, synthetic data, CPU trainer (paper values otherwise kept).
-    # The tiny backbone has the real Wan VAE, which the per-sample image-error sources refuse (they need the
-    # toy's linear autoencoder; tests/toy/test_toy_backbone.py covers the refusal), so those experiments use
-    # the window source.
-    linear_only = ["injection.img_source=window"] if paper.injection.img_source != "window" else []
+    # The tiny backbone has the real Wan VAE, which the toy's image-error sources refuse (they need the toy's
+    # linear autoencoder; tests/toy/test_toy_image_errors.py covers the refusal), so those use the window source.
+    linear_only = ["img_source=window"] if "toy" in paper.img_source._target_ else []
     cfg = compose_config("train", [f"experiment={experiment}", f"ablation={ablation}", *TINY, *linear_only,
                                    f"paths.output_dir={tmp_path}", "data.num_samples=2"])
     model = instantiate(cfg.model)
@@ -65,6 +64,25 @@ def test_paper_experiments_carry_the_official_settings(experiment, K, ref_pad, p
     assert (cfg.flow.shift, cfg.flow.loss_weight) == (5.0, "svi_bell")
     assert (cfg.data.num_frames, cfg.data.height, cfg.data.width) == (81, 480, 832)
     assert cfg.backbone.env_var == "SVI_WAN21_I2V_14B_DIR"
+    # the official choices behind the fidelity knobs
+    assert cfg.img_source._target_ == "svi.erft.image_error.WindowImageError" and cfg.img_source.window == "random"
+    assert (cfg.img_source.max_sigma, cfg.img_source.scale) == (1.0, 1.0)
+    assert inj.clean_flag == "coin" and cfg.backbone.clip_resize == "squash"
+    assert cfg.trainer.precision == "bf16-mixed"
+    assert cfg.model.gradient_checkpointing and cfg.model.offload_activations
+    if experiment == "svi_film":
+        assert cfg.condition.full_motion_prob == 0.9 and cfg.condition.prompt_per_clip
+
+
+def test_debug_tiny_runs_a_recipe_on_the_cpu():
+    """debug=tiny swaps backbone, data, trainer and logger for a recipe and keeps its method settings."""
+    for experiment, p_clean in (("svi_shot", 0.2), ("svi_film", 0.5)):
+        cfg = compose_config("train", [f"experiment={experiment}", "debug=tiny"])
+        assert cfg.experiment_name == f"{experiment}_tiny" and cfg.injection.p_clean == p_clean
+        assert cfg.backbone._target_ == "svi.backbones.build_tiny_wan"
+        assert cfg.data._target_.endswith("SyntheticDataModule") and cfg.trainer.accelerator == "cpu"
+        assert not cfg.model.gradient_checkpointing and cfg.callbacks.rollout.enabled
+        assert cfg.condition.name == experiment.removeprefix("svi_")
 
 
 def test_ablations_flip_exactly_one_knob():
@@ -83,6 +101,12 @@ def test_typos_fail_at_compose_time():
         compose_config("train", ["memory.capcity=3"])
     with pytest.raises(Exception):
         compose_config("train", ["injection.p_img=lots"])
+    with pytest.raises(Exception, match="full_motion_pro"):  # a condition type's own schema
+        compose_config("train", ["condition=film", "condition.full_motion_pro=0.5"])
+    with pytest.raises(Exception, match="full_motion_prob"):  # shot has no such knob
+        compose_config("train", ["condition=shot", "condition.full_motion_prob=0.5"])
+    with pytest.raises(Exception, match="windw"):
+        compose_config("train", ["img_source.windw=last"])
 
 
 def test_cfg_job_prints_the_paper_values():

@@ -105,7 +105,7 @@ def wandb_records(run_file: Path):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    cmd = [sys.executable, "-m", "svi.train", "-m", "experiment=svi_shot_tiny", "ablation=none,no_erft",
+    cmd = [sys.executable, "-m", "svi.train", "-m", "experiment=svi_shot", "debug=tiny", "ablation=none,no_erft",
            "trainer.max_steps=4", "logger=[csv,wandb]", "callbacks.rollout.every_n_steps=4",
            "callbacks.rollout.height=32", "callbacks.rollout.width=32",  # a quarter of the VAE work
            "callbacks.model_checkpoint.every_n_train_steps=1000", f"hydra.sweep.dir={root}"]

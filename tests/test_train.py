@@ -46,7 +46,7 @@ def test_paper_experiments_and_ablations_train_on_the_tiny_backbone(train_config
 
 
 def test_loss_decreases_on_a_fixed_batch_and_memory_fills(train_config, tmp_path):
-    cfg = train_config("experiment=svi_shot_tiny", "data.num_samples=1", "trainer.max_steps=80",
+    cfg = train_config("experiment=svi_shot", "debug=tiny", "data.num_samples=1", "trainer.max_steps=80",
                        "flow.loss_weight=none")
     model, data, trainer = build(cfg)
     trainer.fit(model, datamodule=data)
@@ -64,7 +64,7 @@ def test_loss_decreases_on_a_fixed_batch_and_memory_fills(train_config, tmp_path
 
 
 def test_resume_restores_step_optimizer_memory_and_rng(train_config, tmp_path):
-    overrides = ["experiment=svi_shot_tiny", "trainer.max_steps=6", "callbacks.model_checkpoint.every_n_train_steps=3"]
+    overrides = ["experiment=svi_shot", "debug=tiny", "trainer.max_steps=6", "callbacks.model_checkpoint.every_n_train_steps=3"]
     model, data, trainer = build(train_config(*overrides))
     trainer.fit(model, datamodule=data)
     ckpt_path = tmp_path / "checkpoints" / "last.ckpt"
@@ -91,7 +91,7 @@ def test_resume_restores_step_optimizer_memory_and_rng(train_config, tmp_path):
 
 
 def test_no_erft_is_plain_lora_fine_tuning(train_config, tmp_path):
-    model, data, trainer = build(train_config("experiment=svi_shot_tiny", "ablation=no_erft", "trainer.max_steps=6"))
+    model, data, trainer = build(train_config("experiment=svi_shot", "debug=tiny", "ablation=no_erft", "trainer.max_steps=6"))
     trainer.fit(model, datamodule=data)
     assert _replay(trainer).memory is None and model.error_memory is None
     assert not model.injection.enabled
@@ -102,4 +102,4 @@ def test_no_erft_is_plain_lora_fine_tuning(train_config, tmp_path):
 
 def test_missing_resume_checkpoint_is_a_clear_error(train_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="ckpt_path"):
-        train(train_config("experiment=svi_shot_tiny", f"ckpt_path={tmp_path}/nope.ckpt"))
+        train(train_config("experiment=svi_shot", "debug=tiny", f"ckpt_path={tmp_path}/nope.ckpt"))

@@ -14,7 +14,7 @@ if [ "$SCALE" = toy ]; then
   CLIPS=${CLIPS:-12}
   $PY experiments/toy_input.py --out "$OUT/input" --size 64
   IMAGE=$OUT/input/image.png PROMPTS=$OUT/input/prompt.txt
-  TRAIN=(experiment=svi_shot_tiny)
+  TRAIN=(experiment=svi_shot debug=tiny)
   GEN=(backbone=tiny flow.num_inference_steps="${STEPS:-3}" cfg=1.0 progress=false)
   EVAL=(metrics=toy gt="'$OUT/input/scenes.jsonl'")
   COLUMNS=${COLUMNS:-"[psnr,ssim,colour_de,fd,seam_ratio,psnr/first_last,fd/first_last]"}

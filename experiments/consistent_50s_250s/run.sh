@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SVI's consistent-generation table (SPEC §8): the same rollout scored over its first 50 s and over 250 s,
+# SVI's consistent-generation table (docs/method.md): the same rollout scored over its first 50 s and over 250 s,
 # for SVI-Shot and the Wan 2.1 autoregressive baseline. README.md says what and why.
 #   bash experiments/consistent_50s_250s/run.sh             # toy scale, CPU: 5 s vs 25 s (1 s clips)
 #   SCALE=paper IMAGE=... PROMPTS=... LORA=svi-shot.safetensors bash experiments/consistent_50s_250s/run.sh
@@ -13,7 +13,7 @@ if [ "$SCALE" = toy ]; then
   $PY experiments/toy_input.py --out "$OUT/input" --size 64
   IMAGE=$OUT/input/image.png PROMPTS=$OUT/input/prompt.txt
   if [ -z "${LORA:-}" ]; then                          # a tiny SVI-Shot LoRA, trained here
-    $PY -m svi.train experiment=svi_shot_tiny hydra.run.dir="$OUT/train"
+    $PY -m svi.train experiment=svi_shot debug=tiny hydra.run.dir="$OUT/train"
     LORA=$OUT/train/adapter
   fi
   GEN=(backbone=tiny flow.num_inference_steps="${STEPS:-3}" cfg=1.0 progress=false)

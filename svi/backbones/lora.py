@@ -17,14 +17,14 @@ from torch import nn
 
 SVI_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights(dir) looks for
-MODULES_FILE = "svi_modules.safetensors"  # trainable condition adapters (pose encoder, ...)
+MODULES_FILE = "svi_modules.safetensors"  # the condition type's trainable adapters (official tensor names)
 
 
 @dataclass
 class LoraSpec:
     """LoRA hyperparameters (paper: r = alpha = 128 on the SVI targets)."""
 
-    rank: int = 128  # r; 0 = no LoRA: train the whole transformer (pretraining the toy base)
+    rank: int = 128  # r; 0 = no LoRA: train the whole transformer (pretraining a base)
     alpha: int = 128  # lora_alpha; scale alpha / r = 1 as in the official release
     targets: list[str] = field(default_factory=lambda: list(SVI_TARGETS))  # module-name suffixes to wrap
     dropout: float = 0.0

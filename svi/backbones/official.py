@@ -1,6 +1,6 @@
 """LoRA files for generation: our adapters and the officially released SVI LoRAs, merged into Wan.
 
-Two layouts are read (`read_lora`), both into diffusers module names (reference/diffusers_wan.md §2):
+Two layouts are read (`read_lora`), both into diffusers module names (`to_diffusers_name`):
 
 * ours / diffusers: `transformer.blocks.0.attn1.to_q.lora_A.weight` (`save_adapter`, diffusers'
   `save_lora_weights`), scale `lora_alpha / r` from the safetensors header (1 when absent);
@@ -13,7 +13,8 @@ Two layouts are read (`read_lora`), both into diffusers module names (reference/
   `ffn.net.{0.proj,2}`, plus the few global linears.
 
 Tensors that are not LoRA (SVI-Dance's `dwpose_embedding.*`, `randomref*`, or our `svi_modules.safetensors`
-beside an adapter) are returned as `extras` for the condition that owns them.
+beside an adapter) are returned as `extras` for the condition type that owns them
+(`Condition.load_adapter_tensors`).
 
 Generation merges the LoRA into the base weights (`merge_lora`), as the official inference does: the
 sampler then costs exactly what the base model costs, and every sampler sees the same network.

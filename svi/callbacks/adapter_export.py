@@ -24,7 +24,7 @@ class AdapterExport(L.Callback):
     def _export(self, pl_module, directory: Path) -> Path | None:
         if pl_module.lora_spec.rank == 0:  # full training has no adapter (BackboneExport writes the model)
             return None
-        modules = {f"adapters.{k}": v for k, v in pl_module.adapters.state_dict().items()}
+        modules = pl_module.condition.adapter_state_dict()  # the condition type's trainable adapters, if any
         return save_adapter(directory, pl_module.stack.transformer, pl_module.lora_spec, modules)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -40,7 +40,7 @@ class AdapterExport(L.Callback):
 
 class BackboneExport(L.Callback):
     """Write the whole trained stack in the diffusers layout at the end of training (full training,
-    e.g. the toy base). List it after an `EMAWeightAveraging` callback to export the averaged weights."""
+    `lora.rank=0`). List it after an `EMAWeightAveraging` callback to export the averaged weights."""
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)

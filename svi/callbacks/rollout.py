@@ -2,12 +2,12 @@
 
 ERFT's point is what happens *after* several clips, which the training loss cannot show. This callback
 runs the real long-video sampler (`svi.sampling.SVIClipSampler`, the code `svi-generate` uses) on a
-fixed validation input, the procedural toy world (svi/data/toyworld.py): its first frame is the input
-image, its caption the prompt, and its rendered future the exact ground truth. The rollout is scored
-with the weight-free metrics of `svi/metrics` (one segment per clip) and logged as `rollout/<metric>`
-(the whole rollout), `rollout/<metric>/last` (its last clip) and `rollout/<metric>/first_last`
-(positive = worse), together with a short video (generated | ground truth side by side): a
-`wandb.Video` when W&B logs the run, and always an mp4 under `dirpath`.
+fixed validation input: an image and a prompt, and optionally a ground-truth video (`ImageInput`, from
+files; the toy world's `svi.toy.validation.ToyWorldInput` renders an exact future). The rollout is scored
+with the weight-free metrics of `svi/metrics` (one segment per clip; PSNR/SSIM only with a ground
+truth) and logged as `rollout/<metric>` (the whole rollout), `rollout/<metric>/last` (its last clip) and
+`rollout/<metric>/first_last` (positive = worse), together with a short video (generated | ground truth
+side by side when there is one): a `wandb.Video` when W&B logs the run, and always an mp4 under `dirpath`.
 
 Only global rank 0 rolls out, on its own copy of the weights and outside any collective, so the other
 ranks simply wait at their next gradient sync. Sharded-parameter strategies (FSDP, ZeRO-3) hold no
@@ -31,16 +31,47 @@ import torch
 ROLLOUT_METRICS = ("psnr", "ssim", "colour_de", "colour_hist", "sharpness", "flicker", "seam_ratio", "fd")
 
 
+class ImageInput:
+    """A validation input from files: the image (resized to the rollout's size), the prompt, and optionally
+    a ground-truth video whose frames continue the image (any format decord reads)."""
+
+    def __init__(self, image: str, prompt: str, ground_truth: str | None = None):
+        for path in (image, ground_truth):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"callbacks.rollout.input: {path} does not exist")
+        self.image_path, self.prompt, self.gt_path = image, prompt, ground_truth
+
+    def image(self, height: int, width: int) -> torch.Tensor:
+        """(1, 3, H, W) in [-1, 1]."""
+        from svi.sampling.media import load_image
+
+        return load_image(self.image_path, height, width)
+
+    def ground_truth(self, num_frames: int, height: int, width: int) -> np.ndarray | None:
+        """uint8 (n, H, W, 3) of at most `num_frames` frames, or None without one (sizes must match)."""
+        if self.gt_path is None:
+            return None
+        from svi.metrics import FileVideo
+
+        video = FileVideo(self.gt_path)
+        if video.shape != (height, width):
+            raise ValueError(f"callbacks.rollout.input.ground_truth {self.gt_path} is {video.shape[0]}x"
+                             f"{video.shape[1]}, the rollout {height}x{width}")
+        return video.read(0, num_frames)
+
+
 class RolloutMonitor(L.Callback):
     """Args:
-        enabled: off by default (paper configs); the tiny experiments turn it on.
+        enabled: off by default (paper configs); the tiny debug setting turns it on.
+        input: the validation input: an object with `prompt`, `image(height, width)` and
+            `ground_truth(num_frames, height, width)` (`ImageInput`, or the toy world's `ToyWorldInput`);
+            required when enabled.
         every_n_steps: roll out after every this many optimizer steps.
-        num_clips: clips per rollout (SPEC §5 loop).
+        num_clips: clips per rollout (the generation loop of `svi-generate`).
         num_inference_steps: Euler steps per clip (the paper samples with 50; small keeps it cheap).
         guidance: text CFG scale of the rollout (<= 1: positive branch only, half the cost).
         num_frames, height, width: clip geometry (the backbone's native one).
-        world_seed: which toy-world scene is the fixed validation input.
-        seed: noise seed of clip 0 (clip i uses seed + i, as svi-generate).
+        seed: noise seed of clip 0 (clip i uses seed + i).
         handoff: `pixel` | `latent` (svi-generate's hand-off modes).
         metrics: weight-free metric names to log (svi.metrics.METRICS).
         at_start: also roll out before the first step (the LoRA starts at zero: the base model).
@@ -49,9 +80,9 @@ class RolloutMonitor(L.Callback):
         fps: frame rate of the mp4 and of the metrics' time axis.
     """
 
-    def __init__(self, enabled: bool = False, every_n_steps: int = 500, num_clips: int = 2,
+    def __init__(self, enabled: bool = False, input=None, every_n_steps: int = 500, num_clips: int = 2,
                  num_inference_steps: int = 3, guidance: float = 5.0, num_frames: int = 17, height: int = 64,
-                 width: int = 64, world_seed: int = 0, seed: int = 0, handoff: str = "pixel",
+                 width: int = 64, seed: int = 0, handoff: str = "pixel",
                  metrics: Sequence[str] = ROLLOUT_METRICS, at_start: bool = False, log_video: bool = True,
                  dirpath: str | None = None, fps: int = 16):
         from svi.metrics import METRICS
@@ -61,10 +92,14 @@ class RolloutMonitor(L.Callback):
             raise ValueError(f"callbacks.rollout.metrics: unknown metric(s) {unknown}; known: {sorted(METRICS)}")
         if every_n_steps < 1 or num_clips < 1 or num_inference_steps < 1:
             raise ValueError("callbacks.rollout: every_n_steps, num_clips and num_inference_steps must be >= 1")
-        self.enabled, self.every_n_steps = enabled, every_n_steps
+        if enabled and input is None:
+            raise ValueError("callbacks.rollout.enabled is true but callbacks.rollout.input is not set: give an "
+                             "image and a prompt ({_target_: svi.callbacks.rollout.ImageInput, image: PATH, "
+                             "prompt: TEXT}) or the toy world (svi.toy.validation.ToyWorldInput)")
+        self.enabled, self.input, self.every_n_steps = enabled, input, every_n_steps
         self.num_clips, self.num_inference_steps, self.guidance = num_clips, num_inference_steps, guidance
         self.num_frames, self.height, self.width = num_frames, height, width
-        self.world_seed, self.seed, self.handoff = world_seed, seed, handoff
+        self.seed, self.handoff = seed, handoff
         self.metrics, self.at_start, self.log_video = list(metrics), at_start, log_video
         self.dirpath, self.fps = dirpath, fps
         self._last_step: int | None = None
@@ -115,18 +150,14 @@ class RolloutMonitor(L.Callback):
     @torch.no_grad()
     def roll_out(self, pl_module: L.LightningModule) -> tuple[dict[str, float], np.ndarray]:
         """Generate `num_clips` clips on the validation input; returns (logged numbers, video frames)."""
-        from svi.data.toyworld import caption, make_scene, render
         from svi.metrics import ArrayVideo, evaluate_video, metrics_config, segments_from_counts
         from svi.metrics.drift import summarise
         from svi.metrics.suite import METRICS
         from svi.sampling import WAN_NEGATIVE_PROMPT, ClipSpec, GenerationRequest, SVIClipSampler
-        from svi.sampling.media import from_uint8
 
         t0 = time.perf_counter()
-        world = make_scene(self.world_seed)
-        image = from_uint8(render(world, 0, 1, self.height, self.width)).squeeze(2)  # (1, 3, H, W)
-        prompt = caption(world)
-        schedule = [ClipSpec(i, prompt, WAN_NEGATIVE_PROMPT, self.seed + i, self.guidance)
+        image = self.input.image(self.height, self.width)  # (1, 3, H, W)
+        schedule = [ClipSpec(i, self.input.prompt, WAN_NEGATIVE_PROMPT, self.seed + i, self.guidance)
                     for i in range(self.num_clips)]
         request = GenerationRequest(image=image, schedule=schedule, num_frames=self.num_frames,
                                     height=self.height, width=self.width)
@@ -141,11 +172,11 @@ class RolloutMonitor(L.Callback):
         finally:
             pl_module.train(was_training)
         frames = np.concatenate(chunks)
-        truth = render(world, 0, len(frames), self.height, self.width)
+        truth = self.input.ground_truth(len(frames), self.height, self.width)
         segments = segments_from_counts([len(c) for c in chunks])
         cfg = metrics_config({"include": self.metrics, "plots": False})
-        report = evaluate_video(ArrayVideo(frames, self.fps), segments, cfg, gt=ArrayVideo(truth, self.fps),
-                                extractors={})
+        gt = ArrayVideo(truth, self.fps) if truth is not None else None
+        report = evaluate_video(ArrayVideo(frames, self.fps), segments, cfg, gt=gt, extractors={})
         numbers: dict[str, float] = {}
         for name, values in report.per_segment.items():
             drift = summarise(values, segments, self.fps, METRICS[name].higher_is_better, table_seconds=())
@@ -154,7 +185,9 @@ class RolloutMonitor(L.Callback):
             numbers[f"rollout/{name}/first_last"] = float("nan") if drift["first_last"] is None \
                 else float(drift["first_last"])
         numbers["rollout/seconds"] = time.perf_counter() - t0
-        return numbers, np.concatenate([frames, truth], axis=2)  # generated | ground truth
+        if truth is None or len(truth) < len(frames):
+            return numbers, frames
+        return numbers, np.concatenate([frames, truth[: len(frames)]], axis=2)  # generated | ground truth
 
     def _write_video(self, trainer: L.Trainer, video: np.ndarray, step: int) -> Path:
         from svi.sampling.media import write_mp4

@@ -1,5 +1,11 @@
-"""Condition types: how a clip's `y` and extra inputs are built, for training and generation alike."""
+"""Condition types, one file each: the I2V condition `y` and whatever extra inputs a type carries.
 
-from svi.conditions.i2v import I2VCondition
+`Condition` (base.py) is the plug-in interface and the I2V builder every type shares; a new type is a
+new file here plus a `conf/condition/*.yaml`.
+"""
 
-__all__ = ["I2VCondition"]
+from svi.conditions.base import ClipGeometry, Condition
+from svi.conditions.film import FilmCondition
+from svi.conditions.shot import ShotCondition
+
+__all__ = ["ClipGeometry", "Condition", "FilmCondition", "ShotCondition"]

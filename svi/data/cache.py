@@ -12,13 +12,15 @@ Layout of a cache folder::
     shard_00001.safetensors       ...
 
 A shard stacks its clips: ``latents`` (n, 16, T, h, w), ``y`` (n, 20, T, h, w), ``image``
-(n, 257, image_dim) when the backbone attends to CLIP tokens, and the text states of the real tokens
+(n, 257, image_dim) when the backbone attends to CLIP tokens, the condition type's encoded extra
+inputs as ``extra.<name>`` (n, ...) (`Condition.encode_extras`), and the text states of the real tokens
 only, concatenated: ``text`` (sum of lengths, text_dim) with ``text_lengths`` (n,). Text is zero-padded
 back to ``text_len`` when read, which gives exactly what ``WanStack.encode_text`` returns.
 
 Clip ``k`` of video ``i`` is the clip ``VideoClipDataset`` draws for item ``i`` in epoch ``k`` (same
-stride, start, crop and reference frame), so ``clips_per_video = E`` caches exactly what E epochs of
-``data=folders`` would see, and :class:`CachedLatents` in epoch ``e`` serves draw ``e mod E``.
+stride, start, crop, reference frame and condition draws), so ``clips_per_video = E`` caches exactly
+what E epochs of ``data=folders`` would see, and :class:`CachedLatents` in epoch ``e`` serves draw
+``e mod E``.
 
 Preparation is resumable: shards are written atomically (temporary file, then rename) and the index
 is rewritten after each one, so a rerun with the same ``out`` skips the shards the index lists.
@@ -39,7 +41,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from svi.data.video import VideoClipDataset, VideoReadError
+from svi.data.video import VideoClipDataset, VideoReadError, collate_clips
 
 CACHE_FORMAT = "svi-latent-cache"
 CACHE_VERSION = 1
@@ -52,32 +54,14 @@ class CacheMismatchError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Encoding (the same computation as ERFTModule.prepare_batch on raw clips)
+# What a cache was built for
 # ----------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def encode_clips(stack, condition, video: Tensor, ref_image: Tensor,
-                 captions: Sequence[str]) -> dict[str, Tensor | None]:
-    """Raw clips -> the latent batch training consumes.
-
-    video (B, 3, F, H, W) and ref_image (B, 3, H, W) in [-1, 1] -> ``latents`` (B, 16, T, h, w),
-    ``y`` (B, 20, T, h, w), ``text`` (B, text_len, text_dim) and ``image`` (B, 257, image_dim) or None.
-    The motion frames are the first K frames of the clip (SPEC §2), as in training.
-    """
-    return condition.encode_clip(stack, video, ref_image, captions)
-
-
-def condition_spec(condition) -> dict[str, Any]:
-    """What of a condition shapes `y`: the cache must be read with the same one."""
-    return {"type": type(condition).__name__, "name": condition.name,
-            "num_motion_frames": int(condition.num_motion_frames), "ref_pad_num": int(condition.ref_pad_num),
-            "mask_all_motion_frames": bool(condition.mask_all_motion_frames)}
-
-
 def describe_condition(spec: dict[str, Any]) -> str:
-    mask = "all motion frames" if spec["mask_all_motion_frames"] else "frame 0"
-    return (f"'{spec['name']}' ({spec['type']}, K={spec['num_motion_frames']}, "
-            f"ref_pad_num={spec['ref_pad_num']}, mask {mask})")
+    """One line of a condition's `spec()`: its name, type and settings."""
+    short = {"num_motion_frames": "K"}
+    rest = ", ".join(f"{short.get(k, k)}={v}" for k, v in spec.items() if k not in ("name", "type"))
+    return f"'{spec['name']}' ({spec['type']}: {rest})"
 
 
 def stack_dims(stack) -> dict[str, Any]:
@@ -120,7 +104,7 @@ def _settings(stack, condition, dataset: VideoClipDataset, clips_per_video: int,
         "format": CACHE_FORMAT, "version": CACHE_VERSION,
         "backbone": backbone_name,
         "dims": stack_dims(stack),
-        "condition": condition_spec(condition),
+        "condition": condition.spec(),
         "geometry": {"num_frames": dataset.num_frames, "height": dataset.height, "width": dataset.width},
         "source": {"root": str(dataset.root), "layout": dataset.layout, "num_videos": len(dataset),
                    "listing_sha1": _listing_digest(dataset), "seed": dataset.seed,
@@ -184,7 +168,7 @@ def check_compatible(index: dict[str, Any], root: str | os.PathLike, *, conditio
     """
     problems = []
     if condition is not None:
-        want, have = condition_spec(condition), index["condition"]
+        want, have = condition.spec(), index["condition"]
         if want != have:
             problems.append(f"condition: cache {describe_condition(have)}, "
                             f"training {describe_condition(want)}")
@@ -288,16 +272,17 @@ def _prepare_shard(stack, condition, dataset: VideoClipDataset, out: Path, key: 
             bar.update(1)
             continue
         for b in range(0, len(pixels), encode_batch_size):
-            chunk = pixels[b:b + encode_batch_size]
-            video = torch.stack([v for v, _ in chunk])  # (n, 3, F, H, W)
-            ref = torch.stack([r for _, r in chunk])  # (n, 3, H, W)
-            enc = encode_clips(stack, condition, video, ref, [record.caption] * len(chunk))
+            chunk = collate_clips(pixels[b:b + encode_batch_size])  # video (n, 3, F, H, W), ref_image, ...
+            enc = condition.encode_clip(stack, chunk["video"], chunk["ref_image"], chunk["caption"],
+                                        extras=chunk["extras"], draws=chunk["draws"])
             tensors["latents"].append(enc["latents"].to("cpu", dtype))
             tensors["y"].append(enc["y"].to("cpu", dtype))
             texts = _real_text(enc["text"].to("cpu", dtype))
             tensors["text"].extend(texts)
             if enc["image"] is not None:
                 tensors["image"].append(enc["image"].to("cpu", dtype))
+            for name, value in enc["extras"].items():
+                tensors.setdefault(f"extra.{name}", []).append(value.to("cpu", dtype))
             for meta, text in zip(metas[b:b + encode_batch_size], texts):
                 meta["text_len"] = len(text)
         clips.extend(metas)
@@ -308,6 +293,7 @@ def _prepare_shard(stack, condition, dataset: VideoClipDataset, out: Path, key: 
         data = {"latents": torch.cat(tensors["latents"]), "y": torch.cat(tensors["y"]),
                 "text": torch.cat(tensors["text"]),
                 "text_lengths": torch.tensor([len(t) for t in tensors["text"]], dtype=torch.long)}
+        data.update({k: torch.cat(v) for k, v in tensors.items() if k.startswith("extra.")})
         if tensors["image"]:
             data["image"] = torch.cat(tensors["image"])
         entry["file"] = f"shard_{key}.safetensors"
@@ -318,20 +304,29 @@ def _prepare_shard(stack, condition, dataset: VideoClipDataset, out: Path, key: 
     return entry
 
 
-def _read_clips(dataset: VideoClipDataset, index: int, clips_per_video: int) -> tuple[list, list[dict]]:
-    """Draw k = 0..clips_per_video-1 of one video (draw k = the clip of epoch k), decoded from one open."""
+def _read_clips(dataset: VideoClipDataset, index: int, clips_per_video: int) -> tuple[list[dict], list[dict]]:
+    """Draw k = 0..clips_per_video-1 of one video (draw k = the clip of epoch k), decoded from one open.
+
+    Returns the clips as dataset items (`video`, `ref_image`, `caption`, the condition's `extras` and
+    `draws`) and their metadata for the index.
+    """
     record = dataset.records[index]
     reader, n, h, w = dataset._open(record.path)
-    pixels, metas = [], []
+    condition, fps = dataset.condition, float(reader.get_avg_fps())
+    items, metas = [], []
     for k in range(clips_per_video):
         dataset.set_epoch(k)
         params = dataset.draw_params(index, n, h, w)
-        pixels.append(dataset.load_clip(record.path, params, reader=reader))  # (3, F, H, W), (3, H, W)
+        video, ref = dataset.load_clip(record.path, params, reader=reader)  # (3, F, H, W), (3, H, W)
+        extras = condition.load_extras(record.extras, params.frame_indices, fps) if condition is not None else {}
+        items.append({"video": video, "ref_image": ref, "caption": record.caption, "extras": extras,
+                      "draws": dict(params.draws)})
         metas.append({"video": index, "draw": k, "path": record.path, "caption": record.caption,
                       "stride": params.stride, "start": params.start, "crop": list(params.crop),
                       "ref_index": params.ref_index, "short": params.short, "video_frames": n,
+                      **({"draws": dict(params.draws)} if params.draws else {}),
                       **({"extras": record.extras} if record.extras else {})})
-    return pixels, metas
+    return items, metas
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,6 +383,8 @@ class CachedLatents(Dataset):
             real = f.get_slice("text")[offset:offset + n].float()  # (n, text_dim)
             if "image" in f.keys():
                 item["image"] = f.get_slice("image")[row:row + 1][0].float()  # (257, image_dim)
+            item["extras"] = {k.removeprefix("extra."): f.get_slice(k)[row:row + 1][0].float()
+                              for k in f.keys() if k.startswith("extra.")}
         pad = real.new_zeros(self.text_len - n, real.shape[1])
         item["text"] = torch.cat([real, pad])  # (text_len, text_dim), as WanStack.encode_text returns it
         item.update(caption=meta["caption"], path=meta["path"], index=meta["video"], draw=meta["draw"],

@@ -48,18 +48,18 @@ class VideoFolderDataModule(_EpochDataModule):
 
     Args mirror `VideoClipDataset`: root (official `<category>/<category>.csv` or `metadata.csv/jsonl`
     layout), clip geometry (num_frames = 1+4k, height, width), max_stride, layout, min_frames,
-    ref_outside_clip, min_crop_scale, seed.
+    ref_outside_clip, min_crop_scale, seed, and the condition (reads each row's and clip's extra inputs).
     """
 
     def __init__(self, root: str, num_frames: int = 81, height: int = 480, width: int = 832,
                  max_stride: int = 2, batch_size: int = 1, num_workers: int = 0, layout: str = "auto",
                  min_frames: int = 1, ref_outside_clip: bool = True, min_crop_scale: float = 13 / 14,
-                 seed: int = 0):
+                 seed: int = 0, condition=None):
         super().__init__(batch_size, num_workers)
         self.dataset_kwargs = dict(root=str(root), num_frames=num_frames, height=height, width=width,
                                    max_stride=max_stride, layout=layout, min_frames=min_frames,
                                    ref_outside_clip=ref_outside_clip, min_crop_scale=min_crop_scale,
-                                   seed=seed)
+                                   seed=seed, condition=condition)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:  # reading the listing validates it before any training starts

@@ -1,8 +1,9 @@
 """Synthetic latent batches of the right shapes: training without any video or encoder.
 
 Each item is a fixed random tensor set derived from (seed, index), so a run over a small synthetic
-dataset sees the same samples every epoch (a "fixed batch" on which the loss must go down), and
-the mask channels of `y` are the real Wan I2V mask of the chosen condition.
+dataset sees the same samples every epoch (a "fixed batch" on which the loss must go down); the mask
+channels of `y` are the real Wan I2V mask of the chosen condition, and its extra inputs are random
+tensors of the right shapes (`Condition.random_extras`).
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from svi.conditions.i2v import I2VCondition
+from svi.conditions import ClipGeometry, Condition
 
 
 class SyntheticLatents(Dataset):
-    def __init__(self, num_samples: int, num_frames: int, height: int, width: int, condition: I2VCondition,
+    def __init__(self, num_samples: int, num_frames: int, height: int, width: int, condition: Condition,
                  latent_channels: int = 16, text_len: int = 512, text_dim: int = 4096,
                  image_tokens: int | None = 257, image_dim: int | None = 1280, seed: int = 0):
         if (num_frames - 1) % 4:
             raise ValueError(f"data.num_frames must be 1+4k (e.g. 17, 81), got {num_frames}")
         if height % 16 or width % 16:
             raise ValueError(f"data.height/width must be multiples of 16 (VAE /8, patch /2), got {height}x{width}")
-        self.num_samples, self.seed = num_samples, seed
+        self.num_samples, self.seed, self.condition = num_samples, seed, condition
+        self.geometry = ClipGeometry(num_frames, height, width)
         self.latent_shape = (latent_channels, 1 + (num_frames - 1) // 4, height // 8, width // 8)
         self.mask = condition.mask(1, num_frames, height // 8, width // 8)[0]  # (4, T, h, w)
         self.text_shape = (text_len, text_dim)
@@ -39,6 +41,8 @@ class SyntheticLatents(Dataset):
                 "text": torch.randn(self.text_shape, generator=g)}
         if self.image_shape:
             item["image"] = torch.randn(self.image_shape, generator=g)
+        extras = self.condition.random_extras(1, self.geometry, g)
+        item["extras"] = {k: v[0] for k, v in extras.items()}
         return item
 
 

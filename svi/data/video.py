@@ -4,10 +4,12 @@ Two layouts are understood, so users can point SVI at the data they already have
 
 * the official SVI layout: ``root/<category>/<category>.csv`` (columns ``Video Title, Video Description,
   Video URL, Download URL, Filename``) next to that category's mp4 files;
-* a generic layout: ``root/metadata.csv`` or ``root/metadata.jsonl`` with ``path`` and ``caption``
-  (plus optional ``audio`` / ``pose`` paths for the conditioned variants).
+* a generic layout: ``root/metadata.csv`` or ``root/metadata.jsonl`` with ``path`` and ``caption``,
+  plus the columns of the condition type's extra inputs (``Condition.extra_fields``, e.g. an audio path),
+  which the condition parses and checks (``Condition.read_row``) when the listing is read.
 
-All random choices of an item (stride, start, reference frame, crop) come from :meth:`draw_params`,
+All random choices of an item (stride, start, reference frame, crop, and the condition's own draws) come
+from :meth:`draw_params`,
 seeded from ``(seed, epoch, index)`` and kept apart from decoding (:meth:`load_clip`), so a latent cache
 can reproduce exactly the clip the trainer would have seen. A bad file never stops an epoch: it is warned
 about once, skipped, and reported through the item's ``skipped`` list so the count survives DataLoader
@@ -32,7 +34,6 @@ from torch.utils.data import Dataset
 
 OFFICIAL_COLUMNS = ("Video Description", "Filename")
 METADATA_COLUMNS = ("path", "caption")
-OPTIONAL_COLUMNS = ("audio", "pose")
 LAYOUTS = ("auto", "official", "metadata")
 _DECODE_CHUNK = 16  # frames decoded and resized at once: bounds memory for long high-resolution sources
 
@@ -49,7 +50,7 @@ class VideoReadError(Exception):
 class VideoRecord:
     path: str
     caption: str
-    extras: dict[str, str] = field(default_factory=dict)  # optional condition paths (audio, pose)
+    extras: dict[str, Any] = field(default_factory=dict)  # the condition's extra inputs (Condition.read_row)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class ClipParams:
     ref_index: int
     crop: tuple[int, int, int, int]  # top, left, crop_h, crop_w in source pixels
     short: bool  # the video was shorter than F frames and its last frame was repeated
+    draws: dict[str, int] = field(default_factory=dict)  # the condition's own random choices (Condition.draw)
 
 
 def _read_csv(path: str, required: Sequence[str]) -> list[dict[str, str]]:
@@ -95,8 +97,12 @@ def _read_jsonl(path: str, required: Sequence[str]) -> list[dict[str, str]]:
     return rows
 
 
-def load_records(root: str, layout: str = "auto") -> tuple[list[VideoRecord], str]:
-    """Read the dataset listing; every user error surfaces here, before any training starts."""
+def load_records(root: str, layout: str = "auto", condition=None) -> tuple[list[VideoRecord], str]:
+    """Read the dataset listing; every user error surfaces here, before any training starts.
+
+    `condition` parses and checks each row's extra inputs (`Condition.read_row`): a row without its audio
+    file fails here, naming the file and the row.
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if not os.path.isdir(root):
@@ -125,12 +131,10 @@ def load_records(root: str, layout: str = "auto") -> tuple[list[VideoRecord], st
         for n, row in enumerate(rows, 1):
             if not row[path_col]:
                 raise ValueError(f"{src}, row {n}: empty {path_col!r}")
-            extras = {k: os.path.join(base, row[k]) if row[k] else "" for k in OPTIONAL_COLUMNS if k in row}
+            extras = condition.read_row(row, base, f"{src}, row {n}") if condition is not None else {}
             records.append(VideoRecord(os.path.join(base, row[path_col]), row[caption_col], extras))
     if not records:
         raise ValueError(f"no videos listed in {', '.join(sources)}: the file(s) have no data rows")
-    keys = sorted({k for r in records for k in r.extras})  # same keys on every item, so batches collate
-    records = [VideoRecord(r.path, r.caption, {k: r.extras.get(k, "") for k in keys}) for r in records]
     return records, layout
 
 
@@ -139,7 +143,7 @@ class VideoClipDataset(Dataset):
 
     def __init__(self, root: str, num_frames: int = 81, height: int = 480, width: int = 832,
                  max_stride: int = 2, min_frames: int = 1, layout: str = "auto",
-                 ref_outside_clip: bool = True, min_crop_scale: float = 13 / 14, seed: int = 0):
+                 ref_outside_clip: bool = True, min_crop_scale: float = 13 / 14, seed: int = 0, condition=None):
         if num_frames < 1 or (num_frames - 1) % 4 != 0:
             # The Wan VAE compresses time 4x after the first frame: 1+4k frames -> 1+k latents.
             raise ValueError(f"num_frames must be 1+4k (e.g. 17, 81), got {num_frames}")
@@ -153,7 +157,8 @@ class VideoClipDataset(Dataset):
         self.num_frames, self.height, self.width = num_frames, height, width
         self.max_stride, self.min_frames = max_stride, min_frames
         self.ref_outside_clip, self.min_crop_scale, self.seed = ref_outside_clip, min_crop_scale, seed
-        self.records, self.layout = load_records(root, layout)
+        self.condition = condition  # reads the extra inputs of each row and of each clip (svi/conditions/)
+        self.records, self.layout = load_records(root, layout, condition)
         self.epoch = 0
         self.failed: dict[str, str] = {}  # path -> reason, in this process; each is warned about once
 
@@ -183,7 +188,9 @@ class VideoClipDataset(Dataset):
             indices = list(range(start, start + span, stride))
         assert len(indices) == f and indices[-1] < n
         ref = self._draw_ref(rng, n, start, indices[-1])
-        return ClipParams(stride, start, tuple(indices), ref, self._draw_crop(rng, video_h, video_w), short)
+        crop = self._draw_crop(rng, video_h, video_w)
+        draws = self.condition.draw(rng) if self.condition is not None else {}
+        return ClipParams(stride, start, tuple(indices), ref, crop, short, draws)
 
     def _draw_ref(self, rng: random.Random, n: int, first: int, last: int) -> int:
         """A frame outside the clip's span shows the subject as it is elsewhere, not a copy of the clip."""
@@ -293,6 +300,8 @@ class VideoClipDataset(Dataset):
         reader, n, h, w = self._open(record.path)
         params = self.draw_params(i, n, h, w)
         video, ref_image = self.load_clip(record.path, params, reader=reader)
+        extras = self.condition.load_extras(record.extras, params.frame_indices, float(reader.get_avg_fps())) \
+            if self.condition is not None else {}
         return {
             "video": video,  # (3, F, H, W)
             "ref_image": ref_image,  # (3, H, W)
@@ -306,17 +315,21 @@ class VideoClipDataset(Dataset):
             "short": params.short,
             "skipped": skipped,
             "skip_reasons": reasons,
-            **record.extras,
+            "extras": extras,  # the condition's raw extra tensors of this clip
+            "draws": dict(params.draws),  # the condition's random choices of this clip
         }
 
 
 def collate_clips(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors, tensorise ints/bools/crop boxes, keep strings as lists and concatenate skips."""
+    """Stack tensors, tensorise ints/bools/crop boxes, keep strings as lists and concatenate skips;
+    nested mappings (the condition's `extras` and `draws`) are collated key by key."""
     out: dict[str, Any] = {}
     for key in batch[0]:
         values = [item[key] for item in batch]
         if key in ("skipped", "skip_reasons"):
             out[key] = [v for item_values in values for v in item_values]
+        elif isinstance(values[0], dict):
+            out[key] = _collate_values(values)
         elif isinstance(values[0], torch.Tensor):
             out[key] = torch.stack(values)  # video (B, 3, F, H, W), ref_image (B, 3, H, W), ...
         elif isinstance(values[0], bool):  # before int: bool is an int subclass
@@ -325,7 +338,22 @@ def collate_clips(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
             out[key] = torch.tensor(values, dtype=torch.long)  # (B,) or crop (B, 4)
         else:
             out[key] = values
-    out["num_short"] = sum(bool(item["short"]) for item in batch)
+    if "short" in out:
+        out["num_short"] = sum(bool(item["short"]) for item in batch)
+    return out
+
+
+def _collate_values(dicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per key: tensors stacked (B, ...), numbers to a (B,) tensor, anything else as a list."""
+    out: dict[str, Any] = {}
+    for key in dicts[0]:
+        values = [d[key] for d in dicts]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], (bool, int, float)):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
     return out
 
 

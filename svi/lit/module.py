@@ -9,6 +9,7 @@ saved in the checkpoint, so a resumed run continues the same random stream.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import asdict
 from typing import Any, Callable
@@ -19,48 +20,57 @@ from torch import Tensor, nn
 
 from svi.backbones.lora import LoraSpec, attach_lora
 from svi.config import as_dataclass
-from svi.erft import (PER_SAMPLE_SOURCES, InjectionConfig, draw_injection, erft_step, gate_on_memory,
-                      img_buckets, last_frames_error, rollout_image_error, sample_errors, self_image_error)
-from svi.flow import (FlowConfig, inference_sigmas, loss_weights, nearest_grid_index, to_timesteps,
-                      training_sigmas)
-from svi.lit.cadence import logs_this_step
-from svi.lit.rank_state import gather_per_rank, own_rank_state
+from svi.erft import (ImageErrorRequest, InjectionConfig, WindowImageError, draw_injection, erft_step,
+                      gate_on_memory, modulate_rows, sample_errors)
+from svi.flow import FlowConfig, inference_sigmas, loss_weights, nearest_grid_index, to_timesteps, training_sigmas
+from svi.utils.cadence import logs_this_step
+from svi.utils.rank_state import gather_per_rank, own_rank_state
 
 
 class ERFTModule(L.LightningModule):
-    """Error-Recycling Fine-Tuning of a Wan I2V DiT (SPEC §3).
+    """Error-Recycling Fine-Tuning of a Wan I2V DiT (docs/method.md).
 
     Args:
         backbone: a `WanStack` (frozen; LoRA is attached here).
-        condition: an `I2VCondition` (or subclass) that builds `y` and may attach adapters.
+        condition: a `Condition` (svi/conditions/) that builds `y` and may attach adapters.
         lora, injection, flow: dicts / configs of `LoraSpec`, `InjectionConfig`, `FlowConfig`.
+        image_error: where E_img comes from, an `ImageErrorSource` (or its config with `_target_`);
+            None: the paper's `WindowImageError`.
         num_grids: N_test, the number of inference timesteps errors are bucketed by.
         optimizer: a partial optimizer (`_partial_: true`), completed with the trainable params.
         scheduler: an optional partial LR scheduler (e.g. `svi.lit.schedule.warmup_cosine`), per step.
         seed: base seed of the module's random stream (offset by the rank).
         gradient_checkpointing: recompute transformer blocks in backward (full-size models).
+        offload_activations: keep the tensors saved for backward in (pinned) CPU memory, as the official
+            scripts do (`torch.autograd.graph.save_on_cpu`); with gradient checkpointing these are the
+            block inputs.
     """
 
     def __init__(self, backbone: nn.Module, condition, lora: Any = None, injection: Any = None, flow: Any = None,
                  num_grids: int = 50, optimizer: Callable | None = None, seed: int = 0,
-                 gradient_checkpointing: bool = False, scheduler: Callable | None = None):
+                 gradient_checkpointing: bool = False, scheduler: Callable | None = None, image_error: Any = None,
+                 offload_activations: bool = False):
         super().__init__()
         self.stack = backbone
         self.condition = condition
         self.lora_spec = as_dataclass(LoraSpec, lora)
         self.injection = as_dataclass(InjectionConfig, injection)
         self.flow = as_dataclass(FlowConfig, flow)
+        self.image_error = _instantiate(image_error) if image_error is not None else WindowImageError()
         # Plain python values only: checkpoints are loaded with torch.load(weights_only=True).
         self.save_hyperparameters({"lora": asdict(self.lora_spec), "injection": asdict(self.injection),
                                    "flow": asdict(self.flow), "num_grids": num_grids, "seed": seed,
-                                   "condition": repr(condition), "gradient_checkpointing": gradient_checkpointing})
+                                   "condition": repr(condition), "image_error": type(self.image_error).__name__,
+                                   "gradient_checkpointing": gradient_checkpointing,
+                                   "offload_activations": offload_activations})
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler  # optional partial: optimizer -> LR scheduler stepped every step
         self.seed = seed
+        self.offload_activations = offload_activations
 
         attach_lora(self.stack.transformer, self.lora_spec)
         # Condition adapters are attached after LoRA: peft's add_adapter freezes everything else.
-        self.adapters = nn.ModuleList(condition.attach(self.stack.transformer))
+        self.adapters = condition.attach(self.stack.transformer) or nn.ModuleList()
         if gradient_checkpointing:
             self.stack.transformer.enable_gradient_checkpointing()
 
@@ -69,11 +79,8 @@ class ERFTModule(L.LightningModule):
         self.register_buffer("train_weights", loss_weights(self.flow.loss_weight, sigmas), persistent=False)
         grid = to_timesteps(inference_sigmas(num_grids, self.flow.shift))  # (N_test,)
         self.register_buffer("grid_timesteps", grid, persistent=False)
-        self.img_from = img_buckets(self.injection, grid / 1000.0)  # buckets E_img may come from (None: all)
-        self.img_map = (last_frames_error(self.stack, condition.num_motion_frames, self.injection.img_source)
-                        if self.injection.enabled and self.injection.img_source != "window" else None)
-        steps = self.injection.img_rollout_steps or self.flow.num_inference_steps
-        self.register_buffer("rollout_sigmas", inference_sigmas(steps, self.flow.shift), persistent=False)
+        if self.injection.enabled:
+            self.image_error.bind(self.stack, condition, self.flow, grid / 1000.0)
 
         self.generator = torch.Generator().manual_seed(seed)
         self.error_memory = None  # read-only handle, set by ErrorReplayCallback
@@ -102,51 +109,60 @@ class ERFTModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------
     def prepare_batch(self, batch: dict) -> dict:
-        """Bring a batch to latent form: `latents` (B,16,T,h,w), `y` (B,20,T,h,w), `text`, `image`.
+        """Bring a batch to latent form: `latents` (B,C,T,h,w), `y` (B,4+C,T,h,w), `text`, `image`, `extras`.
 
         Latent batches (synthetic data, latent caches) pass through; raw clips (`video` (B,3,F,H,W),
-        `ref_image` (B,3,H,W), `caption`) are encoded with the frozen VAE / text / image encoders.
+        `ref_image` (B,3,H,W), `caption`, the condition's raw `extras` and `draws`) are encoded with the
+        frozen VAE / text / image encoders by the condition (`Condition.encode_clip`).
         """
         if "latents" in batch:
             return batch
         if "video" not in batch:
             raise ValueError(f"a training batch needs 'latents' (+ 'y', 'text') or raw 'video' + 'ref_image' + "
                              f"'caption'; got keys {sorted(batch)}")
-        return {**batch, **self.condition.encode_clip(self.stack, batch["video"], batch["ref_image"], batch["caption"])}
+        encoded = self.condition.encode_clip(self.stack, batch["video"], batch["ref_image"], batch["caption"],
+                                             extras=batch.get("extras"), draws=batch.get("draws"))
+        return {**batch, **encoded}
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         b = self.prepare_batch(batch)
-        x0 = b["latents"].float()  # (B, 16, T, h, w) clean X_vid
+        x0 = b["latents"].float()  # (B, C, T, h, w) clean X_vid
+        y = b["y"].float()  # (B, 4 + C, T, h, w)
         B, g, dev = x0.shape[0], self.generator, x0.device
+        if self.injection.enabled and self.injection.y_error_num > x0.shape[2]:
+            raise ValueError(f"injection.y_error_num={self.injection.y_error_num} exceeds the {x0.shape[2]} latent "
+                             f"frames of the training clips; lower it or train on longer clips (data.num_frames)")
 
         idx = torch.randint(0, len(self.train_sigmas), (B,), generator=g)  # uniform over the shifted grid
         sigma = self.train_sigmas.cpu()[idx]  # (B,)
         grid = nearest_grid_index(to_timesteps(sigma), self.grid_timesteps.cpu())  # (B,) bucket n
         noise = torch.randn(x0.shape, generator=g).to(dev)
 
-        source = self.injection.img_source
-        per_sample = source in PER_SAMPLE_SOURCES
-        inj = gate_on_memory(draw_injection(self.injection, B, g), self.error_memory, grid, self.img_from,
-                             img_needs_memory=not per_sample)
-        e_vid, e_noi, e_img = sample_errors(self.error_memory, grid, inj, x0, self.injection, g, self.img_from,
-                                           None if per_sample else self.img_map)
+        memory = self.error_memory
+        inj = gate_on_memory(draw_injection(self.injection, B, g), memory, grid, self.image_error.ready(memory))
+        e_vid, e_noi = sample_errors(memory, grid, inj, x0, self.injection, g)
 
         t = to_timesteps(sigma).to(dev)
         text, image = b["text"], b.get("image")
+        extras = self.condition.training_extras(b.get("extras") or {}, g)
 
-        def denoise(x_s: Tensor, y: Tensor) -> Tensor:
-            return self.stack.velocity(x_s, y, t, text, image)
+        def denoise(x_s: Tensor, y_in: Tensor) -> Tensor:
+            return self.stack.velocity(x_s, y_in, t, text, image)
 
-        with self.condition.forward_context(b):
-            if per_sample and bool(inj.img.any()):  # per-sample E_img: no-grad passes on this batch
-                vel = lambda x_s, y, tt: self.stack.velocity(x_s, y, tt.to(dev), text, image)  # noqa: E731
-                if source == "self":  # one forward, one-step error at an E_img noise level
-                    e_img = self_image_error(vel, x0, b["y"].float(), inj.img.to(dev), self.injection,
-                                             self.grid_timesteps / 1000.0, self.img_map, g)
-                else:  # rollout: the sampler's whole trajectory, the generated clip's error
-                    e_img = rollout_image_error(vel, x0, b["y"].float(), inj.img.to(dev), self.injection,
-                                                self.rollout_sigmas, self.img_map, g)
-            res = erft_step(denoise, x0, noise, b["y"].float(), sigma.to(dev), e_vid, e_noi, e_img)
+        def velocity(x_s: Tensor, y_in: Tensor, tt: Tensor) -> Tensor:  # no-grad passes of image-error sources
+            with torch.no_grad():
+                return self.stack.velocity(x_s, y_in, tt.to(dev), text, image)
+
+        offload = torch.autograd.graph.save_on_cpu(pin_memory=x0.is_cuda) if self.offload_activations \
+            else contextlib.nullcontext()
+        with self.condition.forward_context(extras):
+            e_img = self.image_error(ImageErrorRequest(x0=x0, y=y, select=inj.img.to(dev), grid=grid,
+                                                       num_frames=self.injection.y_error_num, memory=memory,
+                                                       velocity=velocity, generator=g)) \
+                if bool(inj.img.any()) else x0.new_zeros(B, x0.shape[1], self.injection.y_error_num, *x0.shape[3:])
+            e_img = modulate_rows(e_img, inj.img, self.injection.error_modulate_factor, g)
+            with offload:
+                res = erft_step(denoise, x0, noise, y, sigma.to(dev), e_vid, e_noi, e_img)
         weights = self.train_weights[idx.to(dev)]
         loss = (weights * res.loss).mean()
 
@@ -155,16 +171,17 @@ class ERFTModule(L.LightningModule):
         self.log("train/loss_unweighted", res.loss.mean(), **log)
         self.log("train/sigma", sigma.mean().item(), **log)
         out = {"loss": loss}
+        clean = inj.clean(self.injection.clean_flag)
         if self.injection.enabled and logs_this_step(self._trainer):  # only on steps whose logs are written
             for name in ("vid", "noi", "img"):
                 self.log(f"erft/inject/{name}", getattr(inj, name).float().mean().item(), **log)
-            self.log("erft/inject/clean", inj.clean.float().mean().item(), **log)
+            self.log("erft/inject/clean", clean.float().mean().item(), **log)
             self.log("erft/err_rms/vid", res.e_vid.pow(2).mean().sqrt(), **log)  # tensors: no GPU sync here
             self.log("erft/err_rms/noi", res.e_noi.pow(2).mean().sqrt(), **log)
         if self.injection.enabled:
             # Detached errors for the callback; ints (not bools) so every backend can all-gather them.
             out["erft"] = {"e_vid": res.e_vid, "e_noi": res.e_noi, "grid": grid.to(dev),
-                           "clean": inj.clean.long().to(dev)}
+                           "clean": clean.long().to(dev)}
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -183,3 +200,12 @@ class ERFTModule(L.LightningModule):
         else:  # another world size: fresh, distinct per-rank streams
             step = checkpoint.get("global_step", 0)
             self.generator.manual_seed(self.seed + 1_000_003 * self.global_rank + 7 * step)
+
+
+def _instantiate(node: Any) -> Any:
+    """An object, or a config with `_target_` (a module built from python rather than by Hydra)."""
+    if isinstance(node, dict) or hasattr(node, "keys"):
+        from hydra.utils import instantiate
+
+        return instantiate(node)
+    return node

@@ -1,11 +1,12 @@
-"""One interface for long-video samplers (SPEC §5-6, reference/miga_fifo.md §5).
+"""One interface for long-video samplers (SVI clip by clip now; FIFO-Diffusion and MIGA share it).
 
 SVI, FIFO-Diffusion and MIGA are all "grouped diagonal schedules": latents at noise levels one step
 apart, denoised by one network through windows, emitted in order. What differs is how the queue is laid
 out and which windows are run. This module fixes the parts they share, so a new sampler only plans:
 
 * `Denoiser` - the only place the network runs: CFG, one sigma per sample `(B,)` or per latent frame
-  `(B, T)` (FIFO/MIGA), LoRA already merged into the backbone, so every sampler gets it for free.
+  `(B, T)` (FIFO/MIGA), LoRA already merged into the backbone, the condition type's extra inputs made
+  visible to its adapters (`Condition.forward_context`), so every sampler gets all of it for free.
 * `EulerSolver` - the pure update `x <- x + (sigma_next - sigma) v`, per sample or per latent frame.
 * `LongVideoSampler` - `stream(request, start, carry)` yields `Chunk`s of finished pixel frames in global
   order. A chunk carries `cursor` (where a resumed stream restarts) and `carry` (the tensors it needs
@@ -19,6 +20,7 @@ keep their queue, window planner and reflection hooks inside their own `stream`,
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -40,6 +42,8 @@ class GenerationRequest:
     num_frames: int  # F pixel frames per clip, 1 + 4k
     height: int
     width: int
+    inputs: dict = field(default_factory=dict)  # whole-video extra inputs of the condition type (inputs.NAME=...)
+    fps: float = 16.0
 
     @property
     def num_clips(self) -> int:
@@ -67,6 +71,7 @@ class WindowCond:
     negative_text: Tensor | None  # (B, L_text, D), or None without guidance
     image: Tensor | None  # (B, 257, D_img) CLIP tokens, None for backbones without an image path
     cfg: float = 5.0  # text guidance scale; <= 1 runs the positive branch only (as diffusers)
+    extras: dict = field(default_factory=dict)  # the condition type's encoded extra inputs of this window
 
 
 class Denoiser:
@@ -75,11 +80,13 @@ class Denoiser:
     `sigma` is `(B,)` (one level per sample, SVI) or `(B, T)` (one level per latent frame, FIFO/MIGA). A
     `(B, T)` sigma that is equal along T takes the scalar path, so both give bit-identical results.
     Guidance follows diffusers: `v = v_neg + cfg (v_pos - v_neg)`, the two branches run one after the
-    other (a batch of 2 would double peak activation memory on a 14B model).
+    other (a batch of 2 would double peak activation memory on a 14B model). Both run inside the
+    condition's `forward_context(cond.extras)`, so its adapters see this window's extra inputs.
     """
 
-    def __init__(self, stack):
+    def __init__(self, stack, condition=None):
         self.stack = stack
+        self.condition = condition
 
     def timesteps(self, x: Tensor, sigma: Tensor) -> Tensor:
         if sigma.ndim == 2 and bool((sigma == sigma[:, :1]).all()):
@@ -93,10 +100,13 @@ class Denoiser:
     @torch.no_grad()
     def __call__(self, x: Tensor, sigma: Tensor, cond: WindowCond) -> Tensor:
         t = self.timesteps(x, sigma)
-        v = self.stack.velocity(x, cond.y, t, cond.text, cond.image).float()
-        if cond.cfg > 1 and cond.negative_text is not None:
-            v_neg = self.stack.velocity(x, cond.y, t, cond.negative_text, cond.image).float()
-            v = v_neg + cond.cfg * (v - v_neg)  # combined in fp32 even for a bf16 backbone
+        context = self.condition.forward_context(cond.extras) if self.condition is not None \
+            else contextlib.nullcontext()
+        with context:
+            v = self.stack.velocity(x, cond.y, t, cond.text, cond.image).float()
+            if cond.cfg > 1 and cond.negative_text is not None:
+                v_neg = self.stack.velocity(x, cond.y, t, cond.negative_text, cond.image).float()
+                v = v_neg + cond.cfg * (v - v_neg)  # combined in fp32 even for a bf16 backbone
         return v
 
 
@@ -110,8 +120,6 @@ class EulerSolver:
 class LongVideoSampler(ABC):
     """A long-video sampler: yields finished frames chunk by chunk, resumable from any chunk."""
 
-    #: Inputs besides the image and prompt that this sampler can consume per clip.
-    extra_inputs: tuple[str, ...] = ()
     #: Whether the entrypoint merges `lora.path` into the backbone for this sampler.
     use_lora: bool = True
 

@@ -1,7 +1,7 @@
 """The per-clip schedule of a long generation: what each clip is told (prompt, seed, cfg, ...).
 
-SPEC §5. A schedule is a list of `ClipSpec`, one per clip, built and validated before any model is
-loaded, so a typo in a prompt file fails in a second rather than after the weights are in memory.
+A schedule is a list of `ClipSpec`, one per clip, built and validated before any model is loaded, so a
+typo in a prompt file fails in a second rather than after the weights are in memory.
 
 Prompt sources (`load_entries`):
 
@@ -9,7 +9,9 @@ Prompt sources (`load_entries`):
 * a text file holding a python-style list, `prompts = ["...", "..."]` - the other official format
   (read with `ast.literal_eval`, never executed);
 * a YAML or JSON file: a list whose items are a prompt string or a mapping with `prompt` and any of
-  `negative_prompt`, `seed`, `cfg`, `audio`, `pose` (a top-level mapping with a `clips:` list also works).
+  `negative_prompt`, `seed`, `cfg`, plus the condition type's extra inputs (`Condition.extra_fields`,
+  e.g. a per-clip value or file), which land in `ClipSpec.extras` (a top-level mapping with a `clips:`
+  list also works).
 
 Entries become clips (`build_schedule`):
 
@@ -17,8 +19,9 @@ Entries become clips (`build_schedule`):
 * otherwise clip i uses entry `(i // prompt_repeat_times) % len(entries)`; `num_clips` null means
   "every entry once (times the repeats)". Asking for more clips than that cycles the entries with a
   warning (the official script silently stops at the last prompt instead).
-* seed of clip i: the entry's `seed` if given, else `base_seed + i` (different noise per clip, as the
-  maintainers advise); `same_seed=true` gives every clip `base_seed`. Repeated seeds are warned about.
+* seed of clip i: the entry's `seed` if given, else `base_seed + seed_stride * i` (different noise per
+  clip, as the maintainers advise; SVI's scripts use stride 42, `preset=svi`); `same_seed=true` gives
+  every clip `base_seed`. Repeated seeds are warned about.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import ast
 import json
 import re
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,7 +40,14 @@ WAN_NEGATIVE_PROMPT = (
     "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
-ENTRY_KEYS = ("prompt", "negative_prompt", "seed", "cfg", "audio", "pose")
+# The English translation of it that SVI's generation scripts pass.
+SVI_NEGATIVE_PROMPT = (
+    "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, "
+    "messy background, three legs, many people in the background, walking backwards"
+)
+ENTRY_KEYS = ("prompt", "negative_prompt", "seed", "cfg")
 STRUCTURED_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -54,8 +64,7 @@ class ClipSpec:
     negative_prompt: str
     seed: int
     cfg: float  # text classifier-free guidance scale
-    audio: str | None = None  # talk: speech for this clip (not consumed yet)
-    pose: str | None = None  # dance: skeleton video for this clip (not consumed yet)
+    extras: dict[str, Any] = field(default_factory=dict)  # the condition type's per-clip inputs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,14 +74,17 @@ class ClipSpec:
 # Reading prompt files
 # ----------------------------------------------------------------------------------------------
 
-def load_entries(path: str | Path) -> list[dict[str, Any]]:
-    """Read a prompt file into a list of entries `{"prompt": str, ...}` (see the module docstring)."""
+def load_entries(path: str | Path, extra_fields: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Read a prompt file into a list of entries `{"prompt": str, ...}` (see the module docstring).
+
+    `extra_fields`: the keys an entry may carry besides the standard ones (the condition's inputs).
+    """
     path = Path(path)
     if not path.is_file():
         raise ScheduleError(f"prompt file {path} does not exist")
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() in STRUCTURED_SUFFIXES:
-        entries = _structured_entries(path, text)
+        entries = _structured_entries(path, text, (*ENTRY_KEYS, *extra_fields))
     elif re.search(r"^\s*prompts\s*=\s*\[", text, flags=re.MULTILINE):
         entries = [{"prompt": p} for p in _python_list(path, text)]
     else:
@@ -100,7 +112,7 @@ def _python_list(path: Path, text: str) -> list[str]:
     return [p.strip() for p in value]
 
 
-def _structured_entries(path: Path, text: str) -> list[dict[str, Any]]:
+def _structured_entries(path: Path, text: str, allowed: Sequence[str]) -> list[dict[str, Any]]:
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -126,10 +138,10 @@ def _structured_entries(path: Path, text: str) -> list[dict[str, Any]]:
             item = {"prompt": item}
         if not isinstance(item, dict):
             raise ScheduleError(f"{path}: clip {i} must be a prompt string or a mapping, got {item!r}")
-        unknown = set(item) - set(ENTRY_KEYS)
+        unknown = set(item) - set(allowed)
         if unknown:
-            raise ScheduleError(f"{path}: clip {i} has unknown key(s) {sorted(unknown)}; "
-                                f"allowed: {list(ENTRY_KEYS)}")
+            raise ScheduleError(f"{path}: clip {i} has unknown key(s) {sorted(unknown)}; allowed here (with this "
+                                f"condition): {list(allowed)}")
         entries.append(dict(item))
     return entries
 
@@ -147,10 +159,16 @@ def build_schedule(
     use_first_prompt_only: bool = False,
     prompt_repeat_times: int = 1,
     same_seed: bool = False,
+    seed_stride: int = 1,
+    extra_fields: Sequence[str] = (),
 ) -> list[ClipSpec]:
-    """One `ClipSpec` per clip; raises `ScheduleError` on anything that cannot run."""
+    """One `ClipSpec` per clip; raises `ScheduleError` on anything that cannot run.
+
+    Seed of clip i: the entry's, else `base_seed + seed_stride * i` (`base_seed` for all with `same_seed`).
+    Entry keys in `extra_fields` (the condition's inputs) go to `ClipSpec.extras`.
+    """
     if isinstance(entries, (str, Path)):
-        entries = load_entries(entries)
+        entries = load_entries(entries, extra_fields)
     if not entries:
         raise ScheduleError("the prompt list is empty")
     if prompt_repeat_times < 1:
@@ -175,30 +193,17 @@ def build_schedule(
         entry = entries[0] if use_first_prompt_only else entries[(i // prompt_repeat_times) % len(entries)]
         seed = entry.get("seed")
         if seed is None:
-            seed = base_seed if same_seed else base_seed + i
+            seed = base_seed if same_seed else base_seed + seed_stride * i
         clip_cfg = float(entry.get("cfg", cfg))
         if clip_cfg <= 0:
             raise ScheduleError(f"clip {i}: cfg must be > 0, got {clip_cfg}")
         neg = entry.get("negative_prompt")
         clips.append(ClipSpec(index=i, prompt=" ".join(entry["prompt"].split()),
                               negative_prompt=negative_prompt if neg is None else neg,
-                              seed=int(seed), cfg=clip_cfg, audio=entry.get("audio"), pose=entry.get("pose")))
+                              seed=int(seed), cfg=clip_cfg,
+                              extras={k: entry[k] for k in extra_fields if k in entry}))
     seeds = [c.seed for c in clips]
     if len(set(seeds)) < len(seeds):
         warnings.warn("several clips share a seed: identical noise in consecutive clips accumulates "
                       "artifacts (the maintainers advise a different seed per clip)", stacklevel=2)
     return clips
-
-
-def check_extra_inputs(schedule: Sequence[ClipSpec], accepted: Sequence[str]) -> None:
-    """Fail early when a clip names an input (audio, pose) the condition cannot use, or a missing file."""
-    for clip in schedule:
-        for key in ("audio", "pose"):
-            value = getattr(clip, key)
-            if value is None:
-                continue
-            if key not in accepted:
-                takes = list(accepted) or "no extra inputs"
-                raise ScheduleError(f"clip {clip.index} has `{key}` but the condition takes only {takes}")
-            if not Path(value).exists():
-                raise ScheduleError(f"clip {clip.index}: {key} file {value} does not exist")

@@ -20,11 +20,11 @@ from omegaconf import OmegaConf, open_dict
 
 pytest.importorskip("decord")
 
-from svi.conditions import I2VCondition  # noqa: E402
+from svi.conditions import FilmCondition, ShotCondition  # noqa: E402
 from svi.data import cache as cache_mod  # noqa: E402
 from svi.data.cache import CacheMismatchError, CachedLatents, prepare_cache, read_index  # noqa: E402
 from svi.data.datamodule import LatentCacheDataModule, VideoFolderDataModule  # noqa: E402
-from svi.data.toyworld import write_dataset  # noqa: E402
+from svi.toy.world import write_dataset  # noqa: E402
 from svi.data.video import DataStats, VideoClipDataset, collate_clips  # noqa: E402
 from svi.lit.module import ERFTModule  # noqa: E402
 from svi.paths import CONF_DIR  # noqa: E402
@@ -47,7 +47,7 @@ def videos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shot():
-    return I2VCondition(name="shot", num_motion_frames=1, ref_pad_num=-1)
+    return ShotCondition()
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_cached_clip_equals_on_the_fly_encoding(prepared, tiny_stack, shot):
 def test_index_records_settings_clips_and_skips(prepared, videos):
     index = read_index(prepared.out)
     assert index["complete"] and index["backbone"] == "tiny" and index["num_shards"] == 3
-    assert index["condition"] == {"type": "I2VCondition", "name": "shot", "num_motion_frames": 1,
+    assert index["condition"] == {"type": "ShotCondition", "name": "shot", "num_motion_frames": 1,
                                   "ref_pad_num": -1, "mask_all_motion_frames": False}
     assert index["geometry"] == SMALL and index["clips_per_video"] == 2
     assert index["dims"] == {"latent_channels": 16, "text_len": 512, "text_dim": 32, "image_dim": 24}
@@ -137,7 +137,7 @@ def test_cache_datamodule_refuses_another_condition_geometry_or_backbone(prepare
         LatentCacheDataModule(str(prepared.out), **kwargs).setup("fit")
 
     setup(condition=shot, backbone_name="tiny", dims={"latent_channels": 16, "text_dim": 32}, **SMALL)  # fits
-    film = I2VCondition(name="film", num_motion_frames=5, ref_pad_num=0)
+    film = FilmCondition()
     with pytest.raises(CacheMismatchError, match=r"(?s)cache 'shot'.*training 'film'.*K=5"):
         setup(condition=film)
     with pytest.raises(CacheMismatchError, match=r"data.num_frames: cache 9, training 17"):

@@ -121,7 +121,9 @@ def test_official_layout_shapes_range_and_captions(official_root):
         assert item["frame_indices"].dtype == torch.long and item["frame_indices"].shape == (17,)
 
 
-def test_metadata_layouts_pass_captions_and_condition_paths(tmp_path):
+def test_metadata_layouts_pass_captions_and_leave_other_columns_to_the_condition(tmp_path):
+    """Columns besides path and caption belong to the condition type (Condition.read_row); without one
+    that reads them they are ignored (tests/test_condition_plugin.py covers a type that does)."""
     write_video(tmp_path / "clips" / "x.mp4", 20)
     outside = write_video(tmp_path / "elsewhere" / "y.mp4", 20)
     write_metadata_csv(tmp_path, [("clips/x.mp4", "a dancer", "aud/x.wav", "pose/x.mp4"),
@@ -131,9 +133,8 @@ def test_metadata_layouts_pass_captions_and_condition_paths(tmp_path):
     assert ds.layout == "metadata"
     first, second = ds[0], ds[1]
     assert first["caption"] == "a dancer" and first["path"] == str(tmp_path / "clips" / "x.mp4")
-    assert first["audio"] == str(tmp_path / "aud" / "x.wav")
-    assert first["pose"] == str(tmp_path / "pose" / "x.mp4")
-    assert second["path"] == outside and second["caption"] == "absolute path" and second["audio"] == ""
+    assert second["path"] == outside and second["caption"] == "absolute path"
+    assert first["extras"] == {} and first["draws"] == {} and "audio" not in first
 
     jsonl_root = tmp_path / "jsonl"
     write_video(jsonl_root / "z.mp4", 20)

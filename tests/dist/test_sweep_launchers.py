@@ -40,7 +40,7 @@ def hydra_job():
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_sweep_over_injection_probability_composes_with_each_launcher(launcher, hydra_job):
     for num, p in enumerate((0.5, 0.9)):  # the jobs of `-m injection.p_img=0.5,0.9`
-        cfg = compose_config("train", ["experiment=svi_shot_tiny", "logger=csv", f"hydra/launcher={launcher}",
+        cfg = compose_config("train", ["experiment=svi_shot", "debug=tiny", "logger=csv", f"hydra/launcher={launcher}",
                                        f"injection.p_img={p}", "hydra.mode=MULTIRUN", f"hydra.job.num={num}"],
                              return_hydra_config=True)
         assert cfg.injection.p_img == p
@@ -53,11 +53,11 @@ def test_sweep_over_injection_probability_composes_with_each_launcher(launcher, 
 
 
 def test_wandb_run_name_from_overrides_in_a_sweep_only(hydra_job):
-    sweep = compose_config("train", ["experiment=svi_shot_tiny", "logger=wandb", "injection.p_img=0.5",
+    sweep = compose_config("train", ["experiment=svi_shot", "debug=tiny", "logger=wandb", "injection.p_img=0.5",
                                      "hydra.mode=MULTIRUN", "hydra.job.num=0"], return_hydra_config=True)
     hydra_job(sweep)
     assert sweep.logger.wandb.name == "svi_shot_tiny-none-seed0-injection.p_img=0.5"
-    single = compose_config("train", ["experiment=svi_shot_tiny", "logger=wandb", "injection.p_img=0.5",
+    single = compose_config("train", ["experiment=svi_shot", "debug=tiny", "logger=wandb", "injection.p_img=0.5",
                                       "hydra.mode=RUN"], return_hydra_config=True)
     hydra_job(single)
     assert single.logger.wandb.name == "svi_shot_tiny-none-seed0"  # a single run keeps its plain name and paths
@@ -68,10 +68,10 @@ def test_wandb_run_name_from_overrides_in_a_sweep_only(hydra_job):
 def test_ddp_relaunch_is_refused_inside_a_multirun(hydra_job, tmp_path):
     from svi.train import _check_launch
 
-    cfg = compose_config("train", ["experiment=svi_shot_tiny", "trainer=ddp_cpu", "logger=none", "hydra.mode=MULTIRUN",
+    cfg = compose_config("train", ["experiment=svi_shot", "debug=tiny", "trainer=ddp_cpu", "logger=none", "hydra.mode=MULTIRUN",
                                    "hydra.job.num=0", f"paths.output_dir={tmp_path}"], return_hydra_config=True)
     ddp = instantiate(cfg.trainer)
-    single = instantiate(compose_config("train", ["experiment=svi_shot_tiny", "logger=none",
+    single = instantiate(compose_config("train", ["experiment=svi_shot", "debug=tiny", "logger=none",
                                                   f"paths.output_dir={tmp_path}"]).trainer)
     _check_launch(ddp)  # no Hydra job: fine (tests, notebooks)
     hydra_job(cfg)
@@ -82,7 +82,7 @@ def test_ddp_relaunch_is_refused_inside_a_multirun(hydra_job, tmp_path):
 
 @pytest.mark.slow
 def test_joblib_multirun_over_p_img_runs_two_jobs(tmp_path):
-    cmd = [sys.executable, "-m", "svi.train", "-m", "hydra/launcher=joblib", "experiment=svi_shot_tiny",
+    cmd = [sys.executable, "-m", "svi.train", "-m", "hydra/launcher=joblib", "experiment=svi_shot", "debug=tiny",
            "trainer.max_steps=3", "memory.warmup_steps=1", "data.num_samples=2", "injection.p_img=0.5,0.9",
            f"hydra.sweep.dir={tmp_path}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two jobs share the cores

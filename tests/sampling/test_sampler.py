@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from svi.conditions import I2VCondition
+from svi.conditions import Condition
 from svi.sampling import Denoiser, GenerationRequest, SVIClipSampler, WindowCond, build_schedule
 from svi.sampling.media import from_uint8, load_image
 from svi.sampling.svi_clip import latent_handoff, motion_latent_frames
@@ -16,7 +16,7 @@ def _request(image_file, prompt_file, num_clips=2, F=5):
 
 
 def _sampler(stack, condition=None, **kw):
-    return SVIClipSampler(condition or I2VCondition(), stack=stack, flow={"num_inference_steps": 2}, progress=False, **kw)
+    return SVIClipSampler(condition or Condition(), stack=stack, flow={"num_inference_steps": 2}, progress=False, **kw)
 
 
 def test_motion_latent_frames_follow_the_causal_vae(stack):
@@ -26,7 +26,7 @@ def test_motion_latent_frames_follow_the_causal_vae(stack):
 
 
 def test_latent_handoff_replaces_exactly_the_motion_latents(stack, image_file, prompt_file):
-    condition = I2VCondition("film", num_motion_frames=5, ref_pad_num=0)
+    condition = Condition("film", num_motion_frames=5, ref_pad_num=0)
     sampler = _sampler(stack, condition, handoff="latent")
     seen = {"x": [], "y": []}
     denoise = sampler.denoise
@@ -81,7 +81,7 @@ def test_stream_resumed_from_a_carry_reproduces_the_next_clips(stack, image_file
 
 def test_first_clip_repeat_and_stock_condition(stack, image_file, prompt_file):
     request = _request(image_file, prompt_file, num_clips=1, F=9)
-    film = I2VCondition("film", num_motion_frames=5, ref_pad_num=0)
+    film = Condition("film", num_motion_frames=5, ref_pad_num=0)
     image = load_image(image_file, 32, 32).unsqueeze(2)
     ys = {}
     for mode in ("single", "repeat"):

@@ -5,7 +5,8 @@ import warnings
 
 import pytest
 
-from svi.sampling.schedule import WAN_NEGATIVE_PROMPT, ScheduleError, build_schedule, check_extra_inputs, load_entries
+from svi.conditions import ShotCondition
+from svi.sampling.schedule import WAN_NEGATIVE_PROMPT, ScheduleError, build_schedule, load_entries
 
 
 def _prompts(clips):
@@ -34,7 +35,7 @@ def test_yaml_and_json_schedules_carry_per_clip_settings(tmp_path):
     assert (clips[0].seed, clips[0].cfg, clips[0].negative_prompt) == (0, 5.0, WAN_NEGATIVE_PROMPT)
     assert (clips[1].seed, clips[1].cfg, clips[1].negative_prompt) == (7, 2.0, "blurry")
     j = tmp_path / "s.json"
-    j.write_text(json.dumps({"clips": [{"prompt": "one", "audio": None}, {"prompt": "two"}]}))
+    j.write_text(json.dumps({"clips": [{"prompt": "one", "seed": 3}, {"prompt": "two"}]}))
     assert _prompts(build_schedule(j, num_clips=2)) == ["one", "two"]
 
 
@@ -86,13 +87,22 @@ def test_bad_settings_fail_clearly(prompt_file, tmp_path):
         build_schedule(prompt_file, prompt_repeat_times=0)
 
 
-def test_extra_inputs_need_a_condition_that_takes_them(tmp_path):
+def test_extra_inputs_are_the_conditions_own_keys(tmp_path):
+    """A schedule entry may carry only the condition's extra fields; they land in ClipSpec.extras, and a
+    condition that takes none refuses them before any compute."""
     path = tmp_path / "s.yaml"
-    path.write_text(f"- {{prompt: talk, audio: {tmp_path / 'a.wav'}}}\n")
-    clips = build_schedule(path)
-    with pytest.raises(ScheduleError, match="takes only"):
-        check_extra_inputs(clips, ())
-    with pytest.raises(ScheduleError, match="does not exist"):
-        check_extra_inputs(clips, ("audio",))
-    (tmp_path / "a.wav").write_bytes(b"")
-    check_extra_inputs(clips, ("audio",))
+    path.write_text(f"- {{prompt: talk, audio: {tmp_path / 'a.wav'}}}\n- {{prompt: quiet}}\n")
+    with pytest.raises(ScheduleError, match=r"unknown key\(s\) \['audio'\]"):
+        build_schedule(path)
+    clips = build_schedule(path, extra_fields=("audio",))
+    assert clips[0].extras == {"audio": str(tmp_path / "a.wav")} and clips[1].extras == {}
+    with pytest.raises(ValueError, match=r"takes no extra inputs.*\['audio'\]"):
+        ShotCondition().check_schedule(clips, {})
+    with pytest.raises(ValueError, match=r"\['speech'\]"):
+        ShotCondition().check_schedule(build_schedule(path, extra_fields=("audio",))[1:], {"speech": "x.wav"})
+
+
+def test_seed_stride_gives_the_official_42_i_seeds(prompt_file):
+    clips = build_schedule(prompt_file, num_clips=4, base_seed=0, seed_stride=42)
+    assert [c.seed for c in clips] == [0, 42, 84, 126]
+    assert [c.seed for c in build_schedule(prompt_file, num_clips=3, base_seed=7)] == [7, 8, 9]
