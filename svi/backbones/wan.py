@@ -28,6 +28,7 @@ _REQUIRED_FILES = {
 }
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_RESIZE = ("squash", "crop")
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:
@@ -43,13 +44,17 @@ def _dtype(name: str | torch.dtype) -> torch.dtype:
 class WanStack(nn.Module):
     """The frozen Wan I2V components plus the encode/decode helpers ERFT and sampling need.
 
-    Latents are normalised as `(mode - latents_mean) / latents_std` (SPEC §1); the VAE runs in fp32.
+    Latents are normalised as `(mode - latents_mean) / latents_std` (diffusers' convention); the VAE runs in fp32.
     Components not loaded are None (e.g. training from a latent cache needs only the transformer).
     """
 
     def __init__(self, transformer, vae=None, text_encoder=None, tokenizer=None, image_encoder=None,
-                 image_size: int = 224, image_mean=_CLIP_MEAN, image_std=_CLIP_STD, text_len: int = 512):
+                 image_size: int = 224, image_mean=_CLIP_MEAN, image_std=_CLIP_STD, text_len: int = 512,
+                 clip_resize: str = "squash"):
         super().__init__()
+        if clip_resize not in CLIP_RESIZE:
+            raise ValueError(f"backbone.clip_resize must be one of {CLIP_RESIZE}, got {clip_resize!r}")
+        self.clip_resize = clip_resize
         self.transformer = transformer
         self.vae = vae
         self.text_encoder = text_encoder
@@ -132,7 +137,17 @@ class WanStack(nn.Module):
 
     # -- CLIP image tokens ------------------------------------------------------------------
     def preprocess_image(self, image: Tensor) -> Tensor:
-        """(B, 3, H, W) in [-1, 1] -> CLIP input: shortest side resized, centre-cropped, normalised."""
+        """(B, 3, H, W) in [-1, 1] -> the normalised CLIP input (B, 3, S, S), S = `image_size`.
+
+        `squash` (official Wan and SVI): the whole frame is resized to S x S (bicubic, no antialias, no
+        crop), so CLIP sees all of a 480x832 frame, squeezed. `crop` (diffusers' `CLIPImageProcessor`, what
+        `WanImageToVideoPipeline` does): the short side is resized to S and the centre cropped, which drops
+        about 42 % of a 480x832 frame's width.
+        """
+        if self.clip_resize == "squash":
+            s = self.image_size
+            x = F.interpolate(image.float(), size=(s, s), mode="bicubic", align_corners=False) * 0.5 + 0.5
+            return (x - self.image_mean.to(x.device)) / self.image_std.to(x.device)
         x = (image.float() + 1) / 2
         h, w = x.shape[-2:]
         scale = self.image_size / min(h, w)
@@ -163,7 +178,7 @@ class WanStack(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Tiny random-init stack (tests, the toy world)
+# Tiny random-init stack (tests, and the starting point of small bases)
 # ----------------------------------------------------------------------------------------------
 
 def byte_tokenizer(model_max_length: int = 512):
@@ -197,6 +212,7 @@ def build_tiny_wan(
     dtype: str = "float32",
     native: dict | None = None,
     dims: dict | None = None,
+    clip_resize: str = "squash",
 ) -> WanStack:
     """A random-init Wan 2.1 I2V stack from config dicts, identical for the same seed.
 
@@ -222,7 +238,8 @@ def build_tiny_wan(
         if "image_encoder" in components and dit.config.image_dim is not None:
             clip = CLIPVisionModel(CLIPVisionConfig(**_plain(image_encoder)))
     size = clip.config.image_size if clip is not None else 224
-    return _check_dims(WanStack(dit, v, enc, tok, clip, image_size=size, text_len=text_len).eval(), dims)
+    stack = WanStack(dit, v, enc, tok, clip, image_size=size, text_len=text_len, clip_resize=clip_resize)
+    return _check_dims(stack.eval(), dims)
 
 
 def save_stack(stack: WanStack, path: str | Path) -> None:
@@ -257,6 +274,8 @@ def load_wan_dir(
     text_len: int = 512,
     native: dict | None = None,
     dims: dict | None = None,
+    vae_class: str | type | None = None,
+    clip_resize: str = "squash",
 ) -> WanStack:
     """Load a local diffusers-format Wan I2V directory (never a hub download).
 
@@ -280,7 +299,7 @@ def load_wan_dir(
             f"Download the full diffusers-format model, or drop unneeded parts from backbone.components")
     kw = dict(local_files_only=True)
     dit = WanTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=_dtype(dtype), **kw)
-    vae = _vae_class(root / "vae").from_pretrained(root / "vae", torch_dtype=torch.float32, **kw) \
+    vae = _vae_class(root / "vae", vae_class).from_pretrained(root / "vae", torch_dtype=torch.float32, **kw) \
         if "vae" in components else None
     tok = enc = None
     if "text_encoder" in components:
@@ -302,7 +321,8 @@ def load_wan_dir(
         raise ValueError(f"{root}/transformer has in_channels={dit.config.in_channels}; SVI needs an I2V "
                          f"transformer with 2 x {z} + 4 input channels ({z} noisy + 4 mask + {z} condition; "
                          f"36 for Wan 2.1)")
-    stack = WanStack(dit, vae, enc, tok, clip, image_size=size, image_mean=mean, image_std=std, text_len=text_len)
+    stack = WanStack(dit, vae, enc, tok, clip, image_size=size, image_mean=mean, image_std=std, text_len=text_len,
+                     clip_resize=clip_resize)
     return _check_dims(stack.eval(), dims)
 
 
@@ -311,16 +331,24 @@ def load_wan_from_env(env_var: str, path: str | None = None, **kwargs) -> WanSta
     return load_wan_dir(path or os.environ.get(env_var), env_var=env_var, **kwargs)
 
 
-def _vae_class(folder: Path):
-    """`AutoencoderKLWan`, or the toy world's `PatchAutoencoder` when the saved config names it."""
+def _vae_class(folder: Path, vae_class: str | type | None):
+    """The autoencoder class of `folder`: `vae_class` (a class or a dotted path), else `AutoencoderKLWan`.
+
+    The saved config names the class that wrote it; a mismatch is refused here rather than failing
+    inside `from_pretrained` with a list of unexpected weights.
+    """
     from diffusers import AutoencoderKLWan
 
-    name = json.loads((folder / "config.json").read_text()).get("_class_name")
-    if name == "PatchAutoencoder":
-        from svi.backbones.patch_ae import PatchAutoencoder
+    if isinstance(vae_class, str):
+        from hydra.utils import get_class
 
-        return PatchAutoencoder
-    return AutoencoderKLWan
+        vae_class = get_class(vae_class)
+    cls = vae_class or AutoencoderKLWan
+    saved = json.loads((folder / "config.json").read_text()).get("_class_name")
+    if saved and saved != cls.__name__:
+        raise ValueError(f"{folder}/config.json was written by {saved}, but the backbone loads {cls.__name__}: "
+                         f"set backbone.vae_class to the class that wrote it (a dotted path)")
+    return cls
 
 
 def _check_dims(stack: WanStack, dims: dict | None) -> WanStack:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -13,6 +13,16 @@ from omegaconf import MISSING
 class Handoff(str, Enum):
     pixel = "pixel"  # decode, hand the last K frames over, re-encode them (official)
     latent = "latent"  # reuse the last latent frames in the next condition (no VAE round trip)
+
+
+class ImageResize(str, Enum):
+    keep_aspect = "keep_aspect"  # the image's aspect ratio, at most max_width wide, sides multiples of 16 (official)
+    stretch = "stretch"  # exactly height x width
+
+
+class Quantize(str, Enum):
+    truncate = "truncate"  # frames to uint8 by truncation (official)
+    round = "round"  # by rounding (diffusers)
 
 
 @dataclass
@@ -32,16 +42,21 @@ class GenerateSchema:
     experiment_name: str = MISSING
     image: str = MISSING
     prompts: str = MISSING
+    inputs: Dict[str, Any] = field(default_factory=dict)
     num_clips: Optional[int] = None
     use_first_prompt_only: Optional[bool] = None
     prompt_repeat_times: int = 1
     seed: int = 0
+    seed_stride: int = 1
     same_seed: bool = False
     cfg: float = 5.0
     negative_prompt: Optional[str] = None
     num_frames: int = MISSING
     height: int = MISSING
     width: int = MISSING
+    image_resize: ImageResize = ImageResize.keep_aspect
+    max_width: Optional[int] = None
+    quantize: Quantize = Quantize.truncate
     handoff: Handoff = Handoff.pixel
     fps: int = 16
     out: Optional[str] = None

@@ -12,8 +12,36 @@ import torch
 from torch import Tensor
 
 
-def load_image(path: str | Path, height: int, width: int) -> Tensor:
-    """An image file -> (1, 3, H, W) in [-1, 1], resized to (height, width) like the official script."""
+IMAGE_RESIZE = ("keep_aspect", "stretch")
+QUANTIZE = ("truncate", "round")
+
+
+def generation_size(image_size: tuple[int, int], height: int, width: int, resize: str = "keep_aspect",
+                    max_width: int | None = None) -> tuple[int, int]:
+    """(height, width) of a generation from an input image of `image_size` = (W, H).
+
+    `keep_aspect` (the official script): the image keeps its aspect ratio; it is scaled down to
+    `max_width` (default `width`) if wider, and both sides are rounded down to multiples of 16 (the VAE's
+    8x and the DiT's 2x patches). `stretch`: exactly `height` x `width`.
+    """
+    if resize not in IMAGE_RESIZE:
+        raise ValueError(f"image_resize must be one of {IMAGE_RESIZE}, got {resize!r}")
+    if resize == "stretch":
+        return height, width
+    w, h = image_size
+    cap = max_width or width
+    if w > cap:
+        w, h = cap, int(cap * h / w)
+    h, w = (h // 16) * 16, (w // 16) * 16
+    if h < 16 or w < 16:
+        raise ValueError(f"the input image ({image_size[0]}x{image_size[1]}) is smaller than 16 px on a side "
+                         f"after resizing to at most {cap} px wide; use a larger image")
+    return h, w
+
+
+def load_image(path: str | Path, height: int, width: int, resize: str = "stretch",
+               max_width: int | None = None) -> Tensor:
+    """An image file -> (1, 3, H, W) in [-1, 1] at `generation_size` (bicubic, as the official script)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path).expanduser()
@@ -22,18 +50,32 @@ def load_image(path: str | Path, height: int, width: int) -> Tensor:
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            if im.size != (width, height):
-                im = im.resize((width, height), Image.Resampling.BICUBIC)
+            h, w = generation_size(im.size, height, width, resize, max_width)
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.Resampling.BICUBIC)
             arr = np.asarray(im, dtype=np.uint8).copy()
     except UnidentifiedImageError as err:
         raise ValueError(f"input image {path} is not an image file PIL can read") from err
     return from_uint8(torch.from_numpy(arr)[None]).squeeze(2)
 
 
-def to_uint8(video: Tensor) -> np.ndarray:
-    """(1, 3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8 (rounded, as diffusers' postprocessing)."""
-    x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).cpu().numpy()
+def quantize_frames(video: Tensor, quantize: str = "truncate") -> Tensor:
+    """(B, 3, F, H, W) in [-1, 1] -> (B, F, H, W, 3) uint8.
+
+    `truncate` (the official pipeline: `((x + 1) * 127.5).clip(0, 255).astype(uint8)`) or `round` (as
+    diffusers' postprocessing). The frames handed to the next clip are these, so the choice also decides
+    the hand-off.
+    """
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    x = (video.float().clamp(-1, 1) + 1) * 127.5
+    x = (x.round() if quantize == "round" else x.floor()).to(torch.uint8)
+    return x.permute(0, 2, 3, 4, 1)
+
+
+def to_uint8(video: Tensor, quantize: str = "truncate") -> np.ndarray:
+    """(1, 3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8 numpy (`quantize_frames`)."""
+    return quantize_frames(video[:1], quantize)[0].cpu().numpy()
 
 
 def from_uint8(frames: Tensor | np.ndarray) -> Tensor:

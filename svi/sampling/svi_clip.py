@@ -1,8 +1,8 @@
-"""SVI's clip-by-clip sampler (SPEC §5), and the Wan 2.1 autoregressive baseline as a mode of it.
+"""SVI's clip-by-clip sampler, and the Wan 2.1 autoregressive baseline as a mode of it.
 
     ref = input image; motion = [input image]
     for clip i:
-        y_i    = condition(motion, ref)                      # I2VCondition: the builder training uses
+        y_i    = condition(motion, ref)                      # Condition.build_y: the builder training uses
         x      = Euler(DiT, noise(seed_i), y_i, prompt_i, cfg_i) over shift(linspace(1, 0, N+1)[:-1])
         frames = decode(x)                                   # F frames
         motion = frames[-K:]                                 # hand-off to the next clip
@@ -11,7 +11,8 @@
 Hand-off modes:
 
 * `pixel` (official): the last K decoded frames, quantised to uint8 exactly as they are written to the
-  video (the official code passes the saved PIL frames), are VAE-encoded again inside the next `y`.
+  video (the official code passes the saved PIL frames; `quantize`: truncated as officially, or
+  rounded), are VAE-encoded again inside the next `y`.
 * `latent`: the same `y` is built, then its first `T_K = 1 + ceil((K - 1) / 4)` latent frames - the
   ones the K motion frames occupy - are replaced by the previous clip's last `T_K` denoised latent
   frames, so the motion content skips the VAE round trip. For K = 1 + 4m, condition latents 1..m cover
@@ -20,7 +21,9 @@ Hand-off modes:
   approximation the model was not trained on. CLIP still sees the decoded first motion frame.
 
 The first clip's motion is the input image once (`first_clip: single`, official; the condition then
-uses K = 1 for that clip) or K copies of it (`repeat`, the official `--repeat_first_clip`).
+uses one motion frame for that clip) or K copies of it (`repeat`, the official `--repeat_first_clip`).
+A condition type with extra inputs (speech, a pose video) gives each clip its own slice of them
+(`Condition.clip_extras`), which the `Denoiser` hands to the type's adapters.
 
 `base` mode (`conf/sampler/base.yaml`): no LoRA and Wan's stock I2V condition (K = 1, zero padding,
 frame 0 known), i.e. the Wan 2.1 autoregressive baseline of the paper's tables.
@@ -28,7 +31,6 @@ frame 0 known), i.e. the Wan 2.1 autoregressive baseline of the paper's tables.
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from typing import Any, Iterator
 
@@ -36,11 +38,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from svi.conditions import I2VCondition
+from svi.conditions import ClipGeometry, Condition
 from svi.config import as_dataclass
 from svi.flow import FlowConfig, inference_sigmas
 from svi.sampling.base import Chunk, Denoiser, EulerSolver, GenerationRequest, LongVideoSampler, WindowCond
-from svi.sampling.media import from_uint8, to_uint8
+from svi.sampling.media import QUANTIZE, from_uint8, to_uint8
 
 HANDOFFS = ("pixel", "latent")
 FIRST_CLIP = ("single", "repeat")
@@ -69,33 +71,37 @@ class SVIClipSampler(LongVideoSampler):
     """One window per clip, scalar sigma per step, hand-off through the condition.
 
     Args:
-        condition: the `I2VCondition` (or subclass) that builds `y`, shared with training.
+        condition: the `Condition` (or subclass) that builds `y`, shared with training.
         stack: a `WanStack` (LoRA, if any, already merged), here or later through `bind`.
         flow: `FlowConfig` (shift, num_inference_steps).
         handoff: `pixel` | `latent` (module docstring).
         first_clip: `single` | `repeat`: the first clip's motion frames.
         use_lora: whether the entrypoint should merge `lora.path` (false for the base model).
         stock_condition: use Wan's own I2V condition (K = 1, zeros) instead of `condition`.
+        quantize: `truncate` (official) | `round`: how decoded frames become uint8 (written and handed over).
         progress: show a progress bar over the denoising steps of each clip.
     """
 
-    def __init__(self, condition: I2VCondition, stack=None, flow: Any = None, handoff: str = "pixel",
+    def __init__(self, condition: Condition, stack=None, flow: Any = None, handoff: str = "pixel",
                  first_clip: str = "single", use_lora: bool = True, stock_condition: bool = False,
-                 progress: bool = True, name: str = "svi"):
+                 quantize: str = "truncate", progress: bool = True, name: str = "svi"):
         handoff = getattr(handoff, "value", handoff)  # the typed config passes an Enum
+        quantize = getattr(quantize, "value", quantize)
         if handoff not in HANDOFFS:
             raise ValueError(f"handoff must be one of {HANDOFFS}, got {handoff!r}")
         if first_clip not in FIRST_CLIP:
             raise ValueError(f"sampler.first_clip must be one of {FIRST_CLIP}, got {first_clip!r}")
+        if quantize not in QUANTIZE:
+            raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
         self.name = name
-        self.condition = I2VCondition(name="wan_i2v", num_motion_frames=1, ref_pad_num=0) \
+        self.condition = Condition(name="wan_i2v", num_motion_frames=1, ref_pad_num=0) \
             if stock_condition else condition
         self.flow = as_dataclass(FlowConfig, flow)
         self.handoff = handoff
         self.first_clip = first_clip
         self.use_lora = use_lora
+        self.quantize = quantize
         self.progress = progress
-        self.extra_inputs = tuple(getattr(self.condition, "extra_inputs", ()))
         self.solver = EulerSolver()
         self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
         self.stack = self.denoiser = None
@@ -105,7 +111,7 @@ class SVIClipSampler(LongVideoSampler):
     def bind(self, stack) -> "SVIClipSampler":
         """Give the sampler its backbone (configuration and validation come first, without weights)."""
         self.stack = stack
-        self.denoiser = Denoiser(stack)
+        self.denoiser = Denoiser(stack, self.condition)
         self._text_cache.clear()
         return self
 
@@ -141,11 +147,13 @@ class SVIClipSampler(LongVideoSampler):
                 motion = ref.unsqueeze(2).repeat(1, 1, reps, 1, 1)
             text = self._encode_text(spec.prompt)
             negative = self._encode_text(spec.negative_prompt) if spec.cfg > 1 else None
+            geometry = ClipGeometry(F, request.height, request.width, request.fps)
+            extras = self.condition.clip_extras(self.stack, request.schedule, i, request.inputs, geometry)
             x = self.sample_clip(motion, ref, F, text, lambda shape: clip_noise(spec.seed, shape).to(device),
                                  negative_text=negative, cfg=spec.cfg,
                                  prev_latents=carry.get("latents") if self.handoff == "latent" else None,
-                                 sigmas=sigmas, desc=f"clip {i + 1}/{request.num_clips}")
-            frames = to_uint8(self.stack.decode_latents(x))  # (F, H, W, 3)
+                                 sigmas=sigmas, extras=extras, desc=f"clip {i + 1}/{request.num_clips}")
+            frames = to_uint8(self.stack.decode_latents(x), self.quantize)  # (F, H, W, 3)
             last = i == request.num_clips - 1
             carry = {"motion": torch.from_numpy(frames[-K:].copy())}
             if self.handoff == "latent":
@@ -156,19 +164,20 @@ class SVIClipSampler(LongVideoSampler):
 
     def sample_clip(self, motion: Tensor, ref: Tensor, num_frames: int, text: Tensor, noise,
                     negative_text: Tensor | None = None, cfg: float = 1.0, prev_latents: Tensor | None = None,
-                    sigmas: Tensor | None = None, desc: str = "") -> Tensor:
+                    sigmas: Tensor | None = None, extras: dict | None = None, desc: str = "") -> Tensor:
         """One clip for a batch: motion (B, 3, k, H, W) and ref (B, 3, H, W) in [-1, 1], text (B, L, D)
-        -> clean latents (B, 16, T, h, w). `noise` is a tensor or a function of the latent shape.
-        `stream` runs this with B = 1; batched evaluations (the toy demo) run many videos at once."""
+        -> clean latents (B, 16, T, h, w). `noise` is a tensor or a function of the latent shape; `extras`
+        the condition type's encoded extra inputs of this clip. `stream` runs this with B = 1; batched
+        evaluations run many videos at once."""
         if sigmas is None:
             sigmas = inference_sigmas(self.flow.num_inference_steps, self.flow.shift)
             sigmas = torch.cat([sigmas, sigmas.new_zeros(1)]).to(motion.device)
-        condition = self._condition_with(motion.shape[2])
-        y = condition.build_y(self.stack, motion, ref, num_frames)  # (B, 20, T, h, w)
+        y = self.condition.build_y(self.stack, motion, ref, num_frames)  # (B, 20, T, h, w)
         if prev_latents is not None:
             y = latent_handoff(y, prev_latents.to(y.device))
         cond = WindowCond(y=y, text=text, negative_text=negative_text,
-                          image=self.stack.encode_image(condition.clip_image(motion)), cfg=cfg)
+                          image=self.stack.encode_image(self.condition.clip_image(motion)), cfg=cfg,
+                          extras=dict(extras or {}))
         shape = (y.shape[0], self.stack.latent_channels, *y.shape[2:])
         x = noise(shape) if callable(noise) else noise
         return self.denoise(x, sigmas, cond, desc=desc)
@@ -183,14 +192,6 @@ class SVIClipSampler(LongVideoSampler):
         return x
 
     # ------------------------------------------------------------------------------------------
-    def _condition_with(self, k: int) -> I2VCondition:
-        """The condition for k motion frames (the first clip may have fewer than K)."""
-        if k == self.condition.num_motion_frames:
-            return self.condition
-        c = copy.copy(self.condition)
-        c.num_motion_frames = k
-        return c
-
     def _encode_text(self, prompt: str) -> Tensor:
         """Text embeddings, cached for the last few prompts (consecutive clips usually share them)."""
         if prompt not in self._text_cache:

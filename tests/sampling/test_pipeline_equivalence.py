@@ -3,14 +3,16 @@
 The stock pipeline pads the condition with zeros and marks frame 0 (our K = 1, ref_pad_num = 0), draws
 `randn(B, 16, T, h, w)` from a generator (we pass the same tensor as `latents=`), and calls
 `scheduler.set_timesteps(N)` without sigmas, so the scheduler is given SVI's sigmas
-`linspace(1, 0, N+1)[:-1]` (shift 5) through a subclass. CLIP tokens come from our stack on both sides.
+`linspace(1, 0, N+1)[:-1]` (shift 5) through a subclass. CLIP tokens come from our stack on both sides, in
+the diffusers processor's mode (`clip_resize=crop`); frames are rounded to uint8 as diffusers does
+(`quantize=round`).
 """
 
 import numpy as np
 import pytest
 import torch
 
-from svi.conditions import I2VCondition
+from svi.conditions import Condition
 from svi.sampling import GenerationRequest, SVIClipSampler, build_schedule
 from svi.sampling.media import load_image
 from svi.sampling.svi_clip import clip_noise
@@ -19,7 +21,7 @@ STEPS, F, H, W, SEED, CFG = 3, 5, 32, 32, 123, 5.0
 
 
 @pytest.mark.parametrize("sampler_kind", ["svi_k1_zeros", "base"])
-def test_one_clip_equals_diffusers_wan_i2v_pipeline(stack, image_file, tmp_path, sampler_kind):
+def test_one_clip_equals_diffusers_wan_i2v_pipeline(stack, image_file, tmp_path, sampler_kind, monkeypatch):
     from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
     from PIL import Image
 
@@ -33,12 +35,13 @@ def test_one_clip_equals_diffusers_wan_i2v_pipeline(stack, image_file, tmp_path,
     schedule = build_schedule(prompts, num_clips=1, base_seed=SEED, cfg=CFG)
     image = load_image(image_file, H, W)
     request = GenerationRequest(image=image, schedule=schedule, num_frames=F, height=H, width=W)
+    monkeypatch.setattr(stack, "clip_resize", "crop")  # the diffusers processor's CLIP input (official: squash)
     if sampler_kind == "base":
-        sampler = SVIClipSampler(I2VCondition(), stack=stack, flow={"num_inference_steps": STEPS, "shift": 5.0},
-                                 use_lora=False, stock_condition=True, progress=False)
+        sampler = SVIClipSampler(Condition(), stack=stack, flow={"num_inference_steps": STEPS, "shift": 5.0},
+                                 use_lora=False, stock_condition=True, quantize="round", progress=False)
     else:
-        sampler = SVIClipSampler(I2VCondition("k1", num_motion_frames=1, ref_pad_num=0), stack=stack,
-                                 flow={"num_inference_steps": STEPS, "shift": 5.0}, progress=False)
+        sampler = SVIClipSampler(Condition("k1", num_motion_frames=1, ref_pad_num=0), stack=stack,
+                                 flow={"num_inference_steps": STEPS, "shift": 5.0}, quantize="round", progress=False)
 
     captured = {}
     decode = stack.decode_latents
