@@ -32,11 +32,11 @@ test-fast: install  ## the fast tests only
 demo: install  ## the main job: toy-scale SVI (plain LoRA vs ERFT from the shipped K = 2 toy base, drift measured; ~10 min)
 	$(VENV)/bin/svi-demo $(ARGS)
 
-demo-k2: install  ## make demo at twice the budget (600-step fine-tunes, 10 sampling steps; round 6, ~27 min)
-	$(VENV)/bin/svi-demo --config-name demo_k2 $(ARGS)
+demo-k2: install  ## make demo at twice the budget (600-step fine-tunes, 10 sampling steps; ~27 min)
+	$(VENV)/bin/svi-demo --config-name toy/demo_k2 $(ARGS)
 
-demo-v1: install  ## the demo on base v1 (K = 1, window image errors, 30 clips; rounds 1-3, ~13 min)
-	$(VENV)/bin/svi-demo --config-name demo_v1 $(ARGS)
+demo-v1: install  ## the demo on base v1 (K = 1, the paper's window image errors, 30 clips; ~13 min)
+	$(VENV)/bin/svi-demo --config-name toy/demo_v1 $(ARGS)
 
 toy-base: install  ## retrain the K = 2 toy base of make demo into svi/assets/toy_base_k2 (~15 min on 2 cores)
 	$(VENV)/bin/svi-train experiment=toy_pretrain condition.num_motion_frames=2 \
