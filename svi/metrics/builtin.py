@@ -22,8 +22,8 @@ from svi.metrics.video import Segment, seams
 
 @register_metric
 class Psnr(Metric):
-    """PSNR per frame; a segment's and the video's value come from their mean MSE, not from averaging
-    decibels (which would let one perfect, capped frame hide a bad one)."""
+    """PSNR per frame; a segment's and the video's value come from their mean MSE rather than the mean of
+    decibels, in which a few near-perfect (capped) frames would outweigh a bad one."""
 
     info = (MetricInfo("psnr", "dB", True, True, "gt",
                        "PSNR against the ground truth (segment: from the mean MSE; capped)"),)
