@@ -67,6 +67,26 @@ def test_latent_metrics_through_a_backbone_vae(tmp_path):
     assert len(data["metrics"]["latent_anchor"]["per_segment"]) == 4
 
 
+def test_compare_runs_reuses_metrics_json_and_labels_runs_by_their_shortest_distinct_tail(tmp_path):
+    from svi.metrics import compare_runs, metrics_config
+
+    for ablation in ("full", "no_img"):
+        run = tmp_path / ablation / "seed0" / "generate"
+        run.mkdir(parents=True)
+        (run / "video.mp4").write_bytes(b"")  # never decoded: reuse=True keeps the existing metrics.json
+        (run / "metrics.json").write_text(json.dumps({"run": ablation}))
+    (tmp_path / "notes").mkdir()
+    out = tmp_path / "new" / "compare"
+    results = compare_runs(str(tmp_path / "*" / "seed0" / "generate"), metrics_config({"plots": False}), out,
+                           reuse=True)
+    assert [r["run"] for r in results.values()] == ["full", "no_img"]
+    assert json.loads((out / "runs.json").read_text()) == {
+        "full/seed0/generate": str(tmp_path / "full" / "seed0" / "generate"),
+        "no_img/seed0/generate": str(tmp_path / "no_img" / "seed0" / "generate")}
+    with pytest.raises(FileNotFoundError, match="matches no generation directory"):
+        compare_runs(str(tmp_path / "notes*"), metrics_config({"plots": False}), out)
+
+
 def test_exactly_one_of_run_and_runs():
     with pytest.raises(ValueError, match="exactly one"):
         evaluate(compose_config("evaluate", []))

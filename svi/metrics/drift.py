@@ -1,4 +1,4 @@
-"""Drift summaries of a metric over a long video (reference/metrics.md §5).
+"""Drift summaries of a metric over a long video (the keys of metrics.json's `drift`, docs/evaluate.md).
 
 For a metric M with per-segment values M_s at segment times t_s (and, where it exists, a per-frame
 series):

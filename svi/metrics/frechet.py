@@ -1,6 +1,9 @@
 """Intra-video Fréchet distance: each segment's feature distribution against the first segment's.
 
-    FD_s = ||mu_s - mu_ref||^2 + Tr(S_s + S_ref - 2 (S_s S_ref)^{1/2})        (reference/metrics.md §4.2, 5b)
+    FD_s = ||mu_s - mu_ref||^2 + Tr(S_s + S_ref - 2 (S_s S_ref)^{1/2})
+
+where (mu_s, S_s) are the mean and covariance of segment s's per-frame features and (mu_ref, S_ref)
+those of the first segment: 0 while the video keeps its first segment's look, growing as it drifts.
 
 The features are weight-free and fixed: a 3-layer convolutional network with weights drawn from a
 seeded CPU generator (the same on every machine), applied to frames resized to `size` x `size`,

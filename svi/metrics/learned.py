@@ -1,4 +1,4 @@
-"""VBench-style metrics on learned features, from weights on local paths only (reference/metrics.md §1).
+"""VBench-style metrics on learned features, from weights on local paths only (docs/evaluate.md).
 
     subject consistency     DINO ViT-B/16 CLS feature    shorter side -> 224 (bilinear, no antialias, no crop),
                                                           ImageNet mean/std, position embeddings interpolated

@@ -1,4 +1,5 @@
-"""Weight-free per-frame measurements (reference/metrics.md §4.2). Frames are float (n, 3, H, W) in [0, 1].
+"""Weight-free per-frame measurements (definitions and directions: docs/evaluate.md). Frames are float
+(n, 3, H, W) in [0, 1].
 
 Every function here is a pure map from frames to one number per frame (or per pair of frames);
 aggregation into segments, drift summaries and file output live elsewhere.

@@ -1,8 +1,11 @@
 """The evaluation loop: one pass over a video, segment by segment, every requested metric at once.
 
-`evaluate_video` returns a `Report` (per-frame series, per-segment values, one value per video, and
-the reason each unavailable metric is missing); `Report.summary()` adds the drift summaries. Nothing
-here writes files (svi/metrics/report.py does) or knows about Hydra.
+`evaluate_video` reads each segment once, computes the inputs the requested metrics share (float
+frames, frame differences, and where a requested metric needs them: ground-truth frames, extractor
+features, latents) and hands them to each metric of the registry (svi/metrics/registry.py). It returns
+a `Report` (per-frame series, per-segment values, one value per video, and the reason each unavailable
+metric is missing); `Report.summary()` adds the drift summaries. Nothing here writes files
+(svi/metrics/report.py does) or knows about Hydra.
 """
 
 from __future__ import annotations
@@ -16,43 +19,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from svi.metrics import builtin  # noqa: F401  (registers the metrics svi ships, in report order)
 from svi.metrics import learned, pixel
 from svi.metrics.config import MetricsConfig, metrics_config
 from svi.metrics.drift import summarise
-from svi.metrics.frechet import RandomConvFeatures, frechet_distance, gaussian_stats
+from svi.metrics.registry import METRIC_CLASSES, METRICS, EvalContext, Metric, SegmentInputs
 from svi.metrics.video import Segment, VideoSource, seams
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    name: str
-    unit: str
-    higher_is_better: bool | None  # None: no better direction (drift reports the raw change)
-    per_frame: bool  # has a per-frame series (else per segment only)
-    needs: str | None  # None (always available) | "gt" | "latents" | an extractor name
-    description: str
-
-
-METRICS: dict[str, MetricInfo] = {m.name: m for m in [
-    MetricInfo("psnr", "dB", True, True, "gt", "PSNR against the ground truth (segment: from the mean MSE; capped)"),
-    MetricInfo("ssim", "", True, True, "gt", "SSIM against the ground truth (Gaussian 11, sigma 1.5)"),
-    MetricInfo("colour_de", "ΔE76", False, True, None, "mean CIELAB colour distance to the anchor frame"),
-    MetricInfo("colour_hist", "", False, True, None, "Bhattacharyya distance of RGB histograms to the anchor frame"),
-    MetricInfo("sharpness", "", True, True, None, "variance of the Laplacian of grey (0..255 units)"),
-    MetricInfo("hf_energy", "", True, True, None, "fraction of spectral energy above hf_cutoff cycles/px"),
-    MetricInfo("flicker", "", True, True, None, "VBench temporal flickering 1 - mean|F_t - F_t-1| (within segments)"),
-    MetricInfo("seam_ratio", "", False, False, None, "mean|ΔF| at clip starts / mean|ΔF| elsewhere (1 = no jump)"),
-    MetricInfo("fd", "", False, False, None, "Fréchet distance of the segment's random-conv features to the first segment's"),
-    MetricInfo("latent_consistency", "", True, False, "latents", "VBench consistency formula on VAE latent frames "
-               "(channel cosine, averaged over positions): MIGA-style self-similarity"),
-    MetricInfo("latent_anchor", "", True, False, "latents", "channel cosine of latent frames to the first latent frame"),
-    MetricInfo("subject_consistency", "", True, True, "dino", "VBench subject consistency (DINO), in-segment"),
-    MetricInfo("subject_anchor", "", True, True, "dino", "max(0, cos) of DINO features to the anchor frame"),
-    MetricInfo("background_consistency", "", True, True, "clip_b32", "VBench background consistency (CLIP B/32), in-segment"),
-    MetricInfo("background_anchor", "", True, True, "clip_b32", "max(0, cos) of CLIP B/32 features to the anchor frame"),
-    MetricInfo("aesthetic", "", True, True, "aesthetic", "LAION aesthetic head on CLIP ViT-L/14, / 10"),
-]}
-WEIGHT_FREE = [m.name for m in METRICS.values() if m.needs in (None, "gt")]
 
 
 # -- latent sources ----------------------------------------------------------------------------
@@ -170,139 +142,76 @@ def evaluate_video(video: VideoSource, segments: Sequence[Segment], cfg: Metrics
         raise ValueError(f"metrics.anchor_frame={cfg.anchor_frame} is outside the {len(video)}-frame video")
     height, width = first.shape[1:3]
     report = Report(video.fps, height, width, segments, segment_source)
-    T, S = segments[-1].stop, len(segments)
 
     # What can run here: everything else is reported with the reason.
     extractors = dict(extractors) if extractors is not None else build_extractors(cfg, names)
-    for n in names:
-        need = METRICS[n].needs
-        if need == "gt" and gt is None:
-            report.unavailable[n] = "needs a ground-truth video: gt=VIDEO (or gt=scenes.jsonl gt_index=I for the toy world)"
-        elif need == "latents" and latents is None:
-            report.unavailable[n] = ("needs latents: pass backbone=NAME (its VAE encodes the frames) or save them "
-                                     "as DIR/latents/clip_NNNN.pt")
-        elif need in ("dino", "clip_b32", "aesthetic"):
-            ex = extractors.get(need)
-            if ex is None or isinstance(ex, Exception):
-                report.unavailable[n] = str(ex) if ex is not None else f"no extractor '{need}' given"
-    if gt is not None and any(METRICS[n].needs == "gt" for n in names if n not in report.unavailable):
+    report.unavailable = _unavailable(names, gt, latents, extractors)
+    todo = [n for n in names if n not in report.unavailable]
+    needs = {METRICS[n].needs for n in todo} - {None}
+    if "gt" in needs:
         gshape = tuple(gt.read(0, 1).shape[1:3])
         if gshape != (height, width):
             raise ValueError(f"ground truth is {gshape[0]}x{gshape[1]} but the video is {height}x{width}")
-    todo = [n for n in names if n not in report.unavailable]
-    want = set(todo)
 
-    anchor = pixel.to_float(first)
-    anchor_lab = pixel.mean_lab(anchor)[0]
-    anchor_hist = pixel.colour_histogram(anchor, cfg.histogram_bins)[0]
-    frame = {n: np.full(T, np.nan) for n in todo if METRICS[n].per_frame}
-    seg = {n: np.full(S, np.nan) for n in todo}
-    diffs = np.full(T, np.nan)
-    fd_net = RandomConvFeatures(cfg.frechet.dim, cfg.frechet.size, cfg.frechet.seed) if "fd" in want else None
-    fd_stats, mse_sum, mse_count = [], 0.0, 0
-    feats_anchor: dict[str, Tensor] = {}
-    consistency_sums = {n: [0.0, 0] for n in ("subject_consistency", "background_consistency", "latent_consistency")}
-    latent_anchor = None
-    previous = None
-
+    T, S = segments[-1].stop, len(segments)
+    ctx = EvalContext(cfg, segments, pixel.to_float(first), extractors,
+                      per_frame={n: np.full(T, np.nan) for n in todo if METRICS[n].per_frame},
+                      per_segment={n: np.full(S, np.nan) for n in todo}, video={n: math.nan for n in todo})
+    metrics = _instances(todo)
+    for m in metrics:
+        m.begin(ctx)
+    previous = None  # the last frame of the previous segment: frame differences run across seams
     for s in segments:
-        x = pixel.to_float(video.read(s.start, s.stop))  # (n, 3, H, W)
-        a, b = s.start, s.stop
-        d = pixel.frame_differences(x, previous).numpy()
-        diffs[a:b] = d
-        if "colour_de" in want:
-            frame["colour_de"][a:b] = pixel.colour_delta_e(x, anchor_lab).numpy()
-        if "colour_hist" in want:
-            frame["colour_hist"][a:b] = pixel.bhattacharyya(pixel.colour_histogram(x, cfg.histogram_bins),
-                                                            anchor_hist).numpy()
-        if "sharpness" in want:
-            frame["sharpness"][a:b] = pixel.laplacian_variance(x).numpy()
-        if "hf_energy" in want:
-            frame["hf_energy"][a:b] = pixel.high_frequency_energy(x, cfg.hf_cutoff).numpy()
-        if "flicker" in want:
-            f = pixel.flicker_from_difference(torch.from_numpy(d)).numpy()
-            frame["flicker"][a:b] = f
-            seg["flicker"][s.index] = np.nanmean(f[1:]) if len(f) > 1 else np.nan  # pairs inside the segment
-        if want & {"psnr", "ssim"}:
-            g = gt.read(a, b)
-            n = len(g)
-            if n:
-                y = pixel.to_float(g)
-                m = pixel.mse(x[:n], y)
-                if "psnr" in want:
-                    frame["psnr"][a:a + n] = pixel.psnr_from_mse(m, cfg.psnr_cap_db).numpy()
-                    seg["psnr"][s.index] = float(pixel.psnr_from_mse(m.double().mean(), cfg.psnr_cap_db))
-                    mse_sum, mse_count = mse_sum + float(m.double().sum()), mse_count + n
-                if "ssim" in want:
-                    frame["ssim"][a:a + n] = pixel.ssim(x[:n], y).numpy()
-        if fd_net is not None:
-            fd_stats.append(gaussian_stats(fd_net(x)))
-        for key, cons, anc in (("dino", "subject_consistency", "subject_anchor"),
-                               ("clip_b32", "background_consistency", "background_anchor")):
-            if cons in want or anc in want:
-                f = extractors[key](x)  # (n, d) normalised
-                if key not in feats_anchor:
-                    feats_anchor[key] = extractors[key](anchor)[0]
-                if cons in want and len(f) > 1:
-                    terms = learned.consistency_terms(f).numpy()
-                    frame[cons][a + 1:b] = terms
-                    seg[cons][s.index] = terms.mean()
-                    consistency_sums[cons][0] += float(terms.sum())
-                    consistency_sums[cons][1] += len(terms)
-                if anc in want:
-                    frame[anc][a:b] = learned.anchor_similarity(f, feats_anchor[key]).numpy()
-        if "aesthetic" in want:
-            frame["aesthetic"][a:b] = extractors["aesthetic"](x).numpy()
-        if want & {"latent_consistency", "latent_anchor"}:
-            z = latents(x, s)
-            if z is not None:
-                zf = z.permute(1, 0, 2, 3)  # (T, C, h, w)
-                if latent_anchor is None:
-                    latent_anchor = zf[0]
-                if "latent_consistency" in want and zf.shape[0] > 1:
-                    prev = pixel.latent_frame_similarity(zf[1:], zf[:-1]).clamp_min(0)
-                    firstsim = pixel.latent_frame_similarity(zf[1:], zf[:1]).clamp_min(0)
-                    terms = (0.5 * (prev + firstsim)).double().numpy()
-                    seg["latent_consistency"][s.index] = terms.mean()
-                    consistency_sums["latent_consistency"][0] += float(terms.sum())
-                    consistency_sums["latent_consistency"][1] += len(terms)
-                if "latent_anchor" in want:
-                    sims = pixel.latent_frame_similarity(zf, latent_anchor.unsqueeze(0)).clamp_min(0)
-                    seg["latent_anchor"][s.index] = float(sims.double().mean())
-        previous = x[-1]
+        inputs = _segment_inputs(video, s, previous, needs, gt, latents, extractors)
+        for m in metrics:
+            m.update(s, inputs, ctx)
+        previous = inputs.frames[-1]
         if progress is not None:
             progress(s)
-
-    # Per-segment means of per-frame series (metrics with their own segment rule are already set).
-    for n in frame:
-        if n in ("flicker", "psnr") or n in consistency_sums:
-            continue
-        seg[n] = np.array([np.nanmean(frame[n][s.start:s.stop]) if np.isfinite(frame[n][s.start:s.stop]).any()
-                           else np.nan for s in segments])
-    seam_list = seams(segments)
-    if "seam_ratio" in want:
-        seg["seam_ratio"][0] = np.nan
-        for s_prev, s_cur in zip(segments[:-1], segments[1:]):
-            local = np.r_[diffs[s_prev.start + 1:s_prev.stop], diffs[s_cur.start + 1:s_cur.stop]]
-            base = np.nanmean(local) if np.isfinite(local).any() else np.nan
-            seg["seam_ratio"][s_cur.index] = diffs[s_cur.start] / base if base and base > 0 else np.nan
-        report.video["seam_ratio"] = pixel.seam_ratio(diffs, seam_list)
-    if fd_net is not None:
-        mu0, s0 = fd_stats[0]
-        seg["fd"] = np.array([frechet_distance(mu, cov, mu0, s0) for mu, cov in fd_stats])
-        report.video["fd"] = float(np.mean(seg["fd"][1:])) if S > 1 else math.nan
-    if "psnr" in want and mse_count:
-        report.video["psnr"] = float(pixel.psnr_from_mse(mse_sum / mse_count, cfg.psnr_cap_db))
-    for n, (total, count) in consistency_sums.items():
-        if n in want:
-            report.video[n] = total / count if count else math.nan  # frame-weighted, as VBench
-    if "latent_anchor" in want:
-        report.video["latent_anchor"] = float(np.nanmean(seg["latent_anchor"])) \
-            if np.isfinite(seg["latent_anchor"]).any() else math.nan
-    if "flicker" in want:
-        report.video["flicker"] = float(np.nanmean(frame["flicker"])) if T > 1 else math.nan  # all pairs (VBench)
-    for n in frame:
-        report.video.setdefault(n, float(np.nanmean(frame[n])) if np.isfinite(frame[n]).any() else math.nan)
-    report.per_frame = frame
-    report.per_segment = {n: seg[n] for n in todo}
+    for m in metrics:
+        m.finish(ctx)
+    report.per_frame, report.per_segment, report.video = ctx.per_frame, ctx.per_segment, ctx.video
     return report
+
+
+def _unavailable(names: Sequence[str], gt: VideoSource | None, latents: Callable | None,
+                 extractors: Mapping[str, object]) -> dict[str, str]:
+    """The requested metrics whose input is missing here, each with what to pass or configure."""
+    out = {}
+    for n in names:
+        need = METRICS[n].needs
+        if need == "gt" and gt is None:
+            out[n] = "needs a ground-truth video: gt=VIDEO (or gt=scenes.jsonl gt_index=I for the toy world)"
+        elif need == "latents" and latents is None:
+            out[n] = ("needs latents: pass backbone=NAME (its VAE encodes the frames) or save them "
+                      "as DIR/latents/clip_NNNN.pt")
+        elif need not in (None, "gt", "latents"):
+            ex = extractors.get(need)
+            if ex is None or isinstance(ex, Exception):
+                out[n] = str(ex) if ex is not None else f"no extractor '{need}' given"
+    return out
+
+
+def _instances(names: Sequence[str]) -> list[Metric]:
+    """One instance per registered class, given the names of it to compute (a family may compute a part)."""
+    by_class: dict[type[Metric], list[str]] = {}
+    for n in names:
+        by_class.setdefault(METRIC_CLASSES[n], []).append(n)
+    return [cls(members) for cls, members in by_class.items()]
+
+
+def _segment_inputs(video: VideoSource, s: Segment, previous: Tensor | None, needs: set[str],
+                    gt: VideoSource | None, latents: Callable | None,
+                    extractors: Mapping[str, Callable[[Tensor], Tensor]]) -> SegmentInputs:
+    """Read segment `s` and compute what the requested metrics need of it, each input once."""
+    x = pixel.to_float(video.read(s.start, s.stop))  # (n, 3, H, W)
+    inputs = SegmentInputs(frames=x, diffs=pixel.frame_differences(x, previous))
+    if "gt" in needs:
+        g = gt.read(s.start, s.stop)  # (m, H, W, 3), m < n when the ground truth ends inside the segment
+        if len(g):
+            inputs.gt = pixel.to_float(g)
+    if "latents" in needs:
+        inputs.latents = latents(x, s)
+    for name in sorted(needs - {"gt", "latents"}):
+        inputs.features[name] = extractors[name](x)
+    return inputs
