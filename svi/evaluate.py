@@ -65,13 +65,15 @@ def evaluate(cfg: DictConfig) -> dict:
     stack = instantiate(cfg.backbone).to(_device(cfg.device)).eval() if cfg.get("backbone") else None
     extractors = build_extractors(metrics, metrics.include or list(METRICS),
                                   device=str(_device(cfg.device)))
+    gt_readers = {suffix: instantiate(node) for suffix, node in (cfg.get("gt_readers") or {}).items()}
     if cfg.run:
-        data = evaluate_run(cfg.run, metrics, cfg.gt, cfg.gt_index, stack, extractors)
+        data = evaluate_run(cfg.run, metrics, cfg.gt, cfg.gt_index, stack, extractors, gt_readers)
         _log(cfg, data)
         return {str(cfg.run): data}
     out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() \
         else Path(".")
-    results = compare_runs(cfg.runs, metrics, out, cfg.gt, cfg.gt_index, stack, extractors, reuse=cfg.reuse)
+    results = compare_runs(cfg.runs, metrics, out, cfg.gt, cfg.gt_index, stack, extractors, reuse=cfg.reuse,
+                           gt_readers=gt_readers)
     log.info(f"[svi] {len(results)} runs evaluated; comparison plots in {out / 'plots'}")
     return results
 

@@ -17,11 +17,11 @@ from svi.metrics.registry import (METRICS, WEIGHT_FREE, EvalContext, FrameMetric
                                   register_metric)
 from svi.metrics.runs import compare_runs, evaluate_run
 from svi.metrics.suite import Report, SavedLatents, VaeLatents, build_extractors, evaluate_video
-from svi.metrics.video import (ArrayVideo, FileVideo, GeneratedRun, Segment, ToyWorldVideo, fixed_segments, open_run,
+from svi.metrics.video import (ArrayVideo, FileVideo, GeneratedRun, Segment, fixed_segments, open_run,
                                segments_from_counts)
 
 __all__ = ["METRICS", "WEIGHT_FREE", "ArrayVideo", "EvalContext", "ExtractorPaths", "FileVideo", "FrameMetric",
            "FrechetConfig", "GeneratedRun", "Metric", "MetricInfo", "MetricsConfig", "Report", "SavedLatents",
-           "Segment", "SegmentInputs", "ToyWorldVideo", "VaeLatents", "build_extractors", "compare_runs",
+           "Segment", "SegmentInputs", "VaeLatents", "build_extractors", "compare_runs",
            "evaluate_run", "evaluate_video", "fixed_segments", "metrics_config", "open_run", "register_metric",
            "segments_from_counts", "summarise"]

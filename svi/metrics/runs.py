@@ -10,29 +10,33 @@ from __future__ import annotations
 import glob
 import json
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from svi.metrics.config import MetricsConfig
 from svi.metrics.registry import METRICS
 from svi.metrics.report import plot_comparison, write_report
 from svi.metrics.suite import SavedLatents, VaeLatents, build_extractors, evaluate_video
-from svi.metrics.video import FileVideo, ToyWorldVideo, open_run
+from svi.metrics.video import FileVideo, open_run
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
 
-def _ground_truth(gt: str | None, index: int, video: FileVideo):
+def _ground_truth(gt: str | None, index: int, video: FileVideo, readers: Mapping[str, Callable] | None = None):
+    """The ground truth of `video`: a video file, or (by suffix) a reader of `gt_readers` called as
+    `reader(path, index, num_frames, height, width, fps)` (the toy world's scenes.jsonl, for example)."""
     if not gt:
         return None
-    if str(gt).endswith(".jsonl"):
+    reader = (readers or {}).get(Path(str(gt)).suffix.lstrip("."))
+    if reader is not None:
         h, w = video.shape
-        return ToyWorldVideo(gt, index, len(video), h, w, fps=video.fps)
+        return reader(gt, index, len(video), h, w, fps=video.fps)
     return FileVideo(gt)
 
 
 def evaluate_run(run: str | Path, metrics: MetricsConfig, gt: str | None = None, gt_index: int = 0,
-                 stack=None, extractors: dict | None = None) -> dict:
+                 stack=None, extractors: dict | None = None, gt_readers: Mapping[str, Callable] | None = None) -> dict:
     """Measure one generated run and write its outputs into the run directory; returns metrics.json."""
     generated = open_run(run)
     video = FileVideo(generated.video_path)
@@ -41,10 +45,11 @@ def evaluate_run(run: str | Path, metrics: MetricsConfig, gt: str | None = None,
         SavedLatents(generated.latents_dir) if generated.latents_dir.is_dir() else None
     if extractors is None:
         extractors = build_extractors(metrics, metrics.include or list(METRICS), device=_device_of(stack))
-    report = evaluate_video(video, segments, metrics, gt=_ground_truth(gt, gt_index, video), latents=latents,
+    truth = _ground_truth(gt, gt_index, video, gt_readers)
+    report = evaluate_video(video, segments, metrics, gt=truth, latents=latents,
                             extractors=extractors, segment_source=source)
     info = {"run": str(generated.root), "video": str(generated.video_path), "gt": gt,
-            "gt_index": gt_index if gt and str(gt).endswith(".jsonl") else None,
+            "gt_index": gt_index if truth is not None and not isinstance(truth, FileVideo) else None,
             "clip_frames": generated.num_frames, "motion_frames": generated.num_motion_frames}
     data = write_report(report, metrics, generated.root, info=info, title=generated.root.name)
     missing = ", ".join(f"{k} ({v.split(':')[0]})" for k, v in report.unavailable.items())
@@ -69,7 +74,8 @@ def generation_dirs(pattern: str) -> list[str]:
 
 
 def compare_runs(pattern: str, metrics: MetricsConfig, out: str | Path, gt: str | None = None, gt_index: int = 0,
-                 stack=None, extractors: dict | None = None, reuse: bool = False) -> dict[str, dict]:
+                 stack=None, extractors: dict | None = None, reuse: bool = False,
+                 gt_readers: Mapping[str, Callable] | None = None) -> dict[str, dict]:
     """Evaluate every run the glob matches (`reuse` keeps an existing metrics.json), then draw one curve per
     run into `out/plots/<metric>.png` and map the legend labels to directories in `out/runs.json`.
     Returns {directory: metrics.json content}."""
@@ -80,7 +86,7 @@ def compare_runs(pattern: str, metrics: MetricsConfig, out: str | Path, gt: str 
         if reuse and existing.is_file():
             results[d] = json.loads(existing.read_text())
         else:
-            results[d] = evaluate_run(d, metrics, gt, gt_index, stack, extractors)
+            results[d] = evaluate_run(d, metrics, gt, gt_index, stack, extractors, gt_readers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels = _labels(dirs)

@@ -118,35 +118,6 @@ class FileVideo:
         return self._reader.get_batch(list(range(start, stop))).asnumpy()
 
 
-class ToyWorldVideo:
-    """The exact toy-world continuation of a `scenes.jsonl` row, rendered on demand at any size."""
-
-    def __init__(self, scenes_jsonl: str | Path, index: int, num_frames: int, height: int, width: int,
-                 fps: float = 16.0):
-        from svi.toy.world import load_scene, read_scenes
-
-        rows = read_scenes(scenes_jsonl)
-        if not 0 <= index < len(rows):
-            raise ValueError(f"gt_index={index} is out of range: {scenes_jsonl} has {len(rows)} scenes")
-        self.world = load_scene(rows[index])
-        self.num_frames, self.height, self.width, self.fps = num_frames, height, width, float(fps)
-
-    def __len__(self) -> int:
-        return self.num_frames
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.height, self.width
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        from svi.toy.world import render
-
-        stop = min(stop, self.num_frames)
-        if stop <= start:
-            return np.zeros((0, self.height, self.width, 3), dtype=np.uint8)
-        return render(self.world, start, stop - start, self.height, self.width)
-
-
 @dataclass
 class GeneratedRun:
     """A `svi-generate` output directory, as far as evaluation cares (docs/generate.md)."""

@@ -32,3 +32,30 @@ class ToyWorldInput:
     def ground_truth(self, num_frames: int, height: int, width: int) -> np.ndarray:
         """The scene's first `num_frames` frames, uint8 (n, H, W, 3)."""
         return render(self.world, 0, num_frames, height, width)
+
+
+class ToyWorldVideo:
+    """The exact toy-world continuation of row `index` of a `scenes.jsonl`, rendered on demand at any size.
+
+    The ground-truth reader `svi-evaluate` uses for `gt=.../scenes.jsonl gt_index=I` (`gt_readers.jsonl`).
+    """
+
+    def __init__(self, path: str | Path, index: int, num_frames: int, height: int, width: int, fps: float = 16.0):
+        rows = read_scenes(path)
+        if not 0 <= index < len(rows):
+            raise ValueError(f"gt_index={index} is out of range: {path} has {len(rows)} scenes")
+        self.world = load_scene(rows[index])
+        self.num_frames, self.height, self.width, self.fps = num_frames, height, width, float(fps)
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        stop = min(stop, self.num_frames)
+        if stop <= start:
+            return np.zeros((0, self.height, self.width, 3), dtype=np.uint8)
+        return render(self.world, start, stop - start, self.height, self.width)
