@@ -2,7 +2,7 @@
 
 Why not a trained `AutoencoderKLWan`: at the toy scale (32x32 frames) Wan's 8x spatial compression
 leaves a 4x4 latent, and a causal 3D conv VAE trained from scratch costs minutes of the 2-core budget
-before the DiT even starts (`benchmarks/toy_autoencoder.py` compares the two; docs/toy_results.md).
+before the DiT even starts (`benchmarks/toy_autoencoder.py` compares the two; experiments/toy_base).
 This autoencoder keeps everything the rest of the code relies on and fits in a fraction of a second:
 
 * Wan's causal temporal layout: latent frame 0 <- pixel frame 0, latent frame k >= 1 <- pixel frames
