@@ -89,6 +89,8 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self):
         self._served = self._skip
+        if hasattr(self.dataset, "set_epoch"):  # per-epoch draws (crops, strides, ...) follow the order's epoch,
+            self.dataset.set_epoch(self.sampler.epoch)  # also when a resume starts the next epoch
         return _Counted(super().__iter__(), self)
 
     def state_dict(self) -> dict:

@@ -87,6 +87,24 @@ def test_state_saved_on_the_last_batch_starts_the_next_epoch():
     assert loader.sampler.epoch == 1 and len(_epoch(loader)) == 3
 
 
+def test_per_epoch_draws_follow_the_orders_epoch():
+    """A dataset that draws per epoch (crops, strides: `set_epoch`) gets the epoch of the data order, also when
+    a checkpoint saved on an epoch's last batch resumes into the next epoch (Lightning's own epoch counter
+    is still the old one when the loader is made)."""
+    class Drawing(_Counting):
+        epoch = None
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    saved = ResumableDataLoader(Drawing(4), batch_size=2, shuffle=True, seed=0)
+    _epoch(saved)
+    resumed = ResumableDataLoader(Drawing(4), batch_size=2, shuffle=True, seed=0)
+    resumed.load_state_dict(saved.state_dict())  # saved after the last batch of epoch 0
+    iter(resumed)
+    assert resumed.sampler.epoch == resumed.dataset.epoch == 1
+
+
 def test_replicas_split_the_data():
     parts = [sum(_epoch(ResumableDataLoader(_Counting(8), batch_size=1, shuffle=True, seed=0, num_replicas=2,
                                             rank=r)), []) for r in (0, 1)]
