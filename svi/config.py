@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from svi.backbones.lora import LoraSpec
-from svi.conditions import FilmCondition, ShotCondition
+from svi.conditions import DanceCondition, FilmCondition, ShotCondition, TalkCondition
 from svi.erft.image_error import WindowImageError
 from svi.erft.injection import InjectionConfig
 from svi.erft.memory import MemoryConfig
@@ -84,6 +84,8 @@ def register_configs() -> None:
     cs.store(group="lora", name="schema", node=_schema_of(LoraSchema))
     register_schema("condition", "shot_schema", ShotCondition)
     register_schema("condition", "film_schema", FilmCondition)
+    register_schema("condition", "dance_schema", DanceCondition)
+    register_schema("condition", "talk_schema", TalkCondition)
     register_schema("img_source", "window_schema", WindowImageError)
 
 

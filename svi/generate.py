@@ -28,7 +28,7 @@ import svi.sampling.config  # noqa: F401
 from svi.backbones.official import merge_lora, read_lora
 from svi.paths import CONF_DIR
 from svi.sampling.base import GenerationRequest
-from svi.sampling.media import load_image
+from svi.sampling.media import load_image, mux_audio
 from svi.sampling.schedule import build_schedule
 from svi.sampling.session import OutputSession, file_sha256
 
@@ -52,11 +52,13 @@ def _device(name: str) -> torch.device:
 
 
 def hashed_config(cfg: DictConfig, request: GenerationRequest, lora_sha: str | None) -> dict:
-    """What decides the frames: resume refuses to continue when any of it changed."""
+    """What decides the frames: resume refuses to continue when any of it changed (input files by content)."""
     c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     keep = {k: c[k] for k in ("backbone", "condition", "sampler", "flow", "num_frames", "handoff", "quantize",
-                              "fps", "inputs")}
-    keep["size"] = [request.height, request.width]
+                              "inputs")}
+    keep["size"], keep["fps"] = [request.height, request.width], request.fps
+    keep["inputs_sha256"] = {k: file_sha256(v) for k, v in request.inputs.items()
+                             if isinstance(v, str) and Path(v).expanduser().is_file()}
     keep["image_sha256"] = file_sha256(cfg.image)
     keep["lora"] = {"sha256": lora_sha, "scale": cfg.lora.scale} if lora_sha else None
     keep["schedule"] = [clip.to_dict() for clip in request.schedule]
@@ -74,14 +76,17 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
     first_only = cfg.use_first_prompt_only
     if first_only is None:
         first_only = not condition.prompt_per_clip
-    schedule = build_schedule(cfg.prompts, num_clips=cfg.num_clips, base_seed=cfg.seed, cfg=cfg.cfg,
+    inputs = OmegaConf.to_container(cfg.inputs, resolve=True)
+    fps = condition.frame_rate or cfg.fps  # talk runs at its audio features' 25 fps
+    num_clips = cfg.num_clips if cfg.num_clips is not None else \
+        condition.clips_from_inputs(inputs, cfg.num_frames, fps)
+    schedule = build_schedule(cfg.prompts, num_clips=num_clips, base_seed=cfg.seed, cfg=cfg.cfg,
                               negative_prompt=cfg.negative_prompt, use_first_prompt_only=first_only,
                               prompt_repeat_times=cfg.prompt_repeat_times, same_seed=cfg.same_seed,
                               seed_stride=cfg.seed_stride, extra_fields=condition.extra_fields)
-    inputs = OmegaConf.to_container(cfg.inputs, resolve=True)
     condition.check_schedule(schedule, inputs)
     request = GenerationRequest(image=image, schedule=schedule, num_frames=cfg.num_frames,
-                                height=image.shape[-2], width=image.shape[-1], inputs=inputs, fps=cfg.fps)
+                                height=image.shape[-2], width=image.shape[-1], inputs=inputs, fps=fps)
     sampler.validate(request)
 
     lora = lora_sha = None
@@ -90,14 +95,17 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
     elif cfg.lora.path:
         lora, lora_sha = read_lora(cfg.lora.path), file_sha256(_lora_file(cfg.lora.path))
 
-    session = OutputSession(out, hashed_config(cfg, request, lora_sha), fps=cfg.fps,
+    session = OutputSession(out, hashed_config(cfg, request, lora_sha), fps=fps,
                             save_latents=cfg.save_latents)
     point = session.start(resume=cfg.resume)
     total = sampler.num_chunks(request)
     summary = {"out": str(out), "video": str(session.video_path), "clips_done": point.chunks_done,
                "clips_total": total, "frames": point.frames_total, "config_hash": session.hash}
+    soundtrack = condition.soundtrack(inputs)
     if point.chunks_done >= total:
         log.info(f"[svi] nothing to do: {out} already holds all {total} clips ({session.video_path})")
+        if soundtrack:
+            mux_audio(session.video_path, soundtrack)
         return summary
     if point.chunks_done:
         log.info(f"[svi] resuming {out} after clip {point.chunks_done} of {total}")
@@ -130,6 +138,8 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
                      f"continue with out={out} resume=true")
             break
     bar.close()
+    if soundtrack and session.done:
+        mux_audio(session.video_path, soundtrack)  # the video's frames are copied, not re-encoded
     summary.update(clips_done=session.done, frames=session.frames_total)
     log.info(f"[svi] {session.done}/{total} clips, {session.frames_total} frames -> {session.video_path}")
     return summary

@@ -50,7 +50,7 @@ class StrengthCondition(ShotCondition):
                                     f"column naming a text file that holds one number")
         return {"strength": float(path.read_text())}
 
-    def load_extras(self, extras, frame_indices: Sequence[int], fps: float) -> dict[str, Tensor]:
+    def load_extras(self, extras, span) -> dict[str, Tensor]:
         return {"strength": torch.tensor([extras["strength"]])}
 
     def encode_extras(self, stack, raw: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -22,16 +22,20 @@ the entrypoints call the hooks and never name a type:
     extra_fields                 keys a dataset row or a schedule entry may carry (e.g. an audio path)
     read_row(row, base, where)   parse and check a dataset row's extra inputs, before training
     draw(rng)                    per-clip random choices of the data pipeline (Film's motion-frame mix)
-    load_extras(extras, clip)    raw tensors of one training clip (in the dataset worker)
+    load_extras(extras, span)    raw tensors of one training clip (in the dataset worker)
     encode_extras(stack, raw)    frozen encoders -> what training consumes and svi-prepare caches
     random_extras(B, geometry)   encoded extras of the right shapes for synthetic data
     attach(transformer)          adapter modules (zero-initialised: the output is unchanged until trained)
     forward_context(extras)      makes the extras visible to the adapters during one forward
-    training_extras(extras, g)   training-only changes (e.g. dropping the signal for guidance)
+    training_inputs(batch, g)    training-only changes (e.g. dropping the signal for guidance)
+    guide(velocity, cond)        classifier-free guidance of one denoiser call (text only, by default)
     adapter_state_dict()         the trainable adapter tensors, under the names of official files
     load_adapter_tensors(t)      load the tensors of an adapter or LoRA file that belong to the adapters
     check_schedule(schedule, inputs)   validate a generation's extra inputs before any compute
+    clips_from_inputs(...)       how many clips the inputs ask for (talk: the audio's length), or None
     clip_extras(stack, ...)      the encoded extras of clip i of a generation
+    frame_rate, soundtrack(inputs)     the rate the video is made at (None: the generation's fps), and
+                                 an audio file the finished video carries (None: silent)
 """
 
 from __future__ import annotations
@@ -43,6 +47,19 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpan:
+    """Where a training clip sits in its source video: what an extra input (an audio track, a pose video
+    aligned with the video) must be cut to."""
+
+    frame_indices: tuple[int, ...]  # (F,) source frame of each clip frame
+    fps: float  # the source video's frame rate
+    crop: tuple[int, int, int, int]  # top, left, height, width of the crop, in source pixels
+    source_size: tuple[int, int]  # (H, W) of the source video
+    height: int  # the clip's size after the crop is resized
+    width: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +85,8 @@ class Condition:
 
     #: keys a dataset row (metadata column) or a schedule entry may carry for this type
     extra_fields: tuple[str, ...] = ()
+    #: the frame rate a generation runs at (the audio of talk is 25 fps); None: the generation's `fps`
+    frame_rate: float | None = None
 
     def __init__(self, name: str = "shot", num_motion_frames: int = 1, ref_pad_num: int = -1,
                  mask_all_motion_frames: bool = False, prompt_per_clip: bool = False):
@@ -155,8 +174,8 @@ class Condition:
         """Per-clip random choices made by the data pipeline (so a latent cache holds what training sees)."""
         return {}
 
-    def load_extras(self, extras: Mapping[str, Any], frame_indices: Sequence[int], fps: float) -> dict[str, Tensor]:
-        """The raw extra tensors of one training clip whose frames are `frame_indices` of the source video."""
+    def load_extras(self, extras: Mapping[str, Any], span: ClipSpan) -> dict[str, Tensor]:
+        """The raw extra tensors of one training clip (`span`: its frames and crop in the source video)."""
         return {}
 
     def encode_extras(self, stack, raw: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -178,9 +197,20 @@ class Condition:
         """Make a batch's extras visible to the adapters during the forward passes inside the block."""
         yield
 
-    def training_extras(self, extras: Mapping[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
-        """Training-time changes of the extras (e.g. dropping the signal with some probability)."""
-        return dict(extras)
+    def training_inputs(self, batch: Mapping[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        """Training-time changes of a latent batch (`y`, `image`, `extras`), e.g. dropping a signal with some
+        probability so that guidance can leave it out at inference. Draw from `generator` (it is resumed)."""
+        return dict(batch)
+
+    def guide(self, velocity, cond) -> Tensor:
+        """Classifier-free guidance of one denoiser call: `velocity(text, extras)` runs the DiT (inside this
+        type's forward context); `cond` is the window's `WindowCond`. Text only by default:
+        `v = v_neg + cfg (v_pos - v_neg)` (as diffusers; `cfg <= 1`: the positive branch alone)."""
+        v = velocity(cond.text, cond.extras)
+        if cond.cfg > 1 and cond.negative_text is not None:
+            v_neg = velocity(cond.negative_text, cond.extras)
+            v = v_neg + cond.cfg * (v - v_neg)  # combined in fp32 even for a bf16 backbone
+        return v
 
     def adapter_state_dict(self) -> dict[str, Tensor]:
         """The trainable adapter tensors, named as in the official files (exported beside the LoRA)."""
@@ -201,10 +231,19 @@ class Condition:
             takes = list(self.extra_fields) or "no extra inputs"
             raise ValueError(f"condition '{self.name}' takes {takes}, but the generation names {given}")
 
+    def clips_from_inputs(self, inputs: Mapping[str, Any], num_frames: int, fps: float) -> int | None:
+        """The number of clips of `num_frames` frames at `fps` the whole-video inputs ask for (talk: as many as
+        the audio lasts), or None."""
+        return None
+
     def clip_extras(self, stack, schedule: Sequence, index: int, inputs: Mapping[str, Any],
                     geometry: ClipGeometry) -> dict[str, Tensor]:
         """The encoded extras of clip `index` of a generation (batch of 1)."""
         return {}
+
+    def soundtrack(self, inputs: Mapping[str, Any]) -> str | None:
+        """An audio file the finished video carries (muxed without re-encoding the video), or None."""
+        return None
 
     # -- identity ------------------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:

@@ -312,13 +312,14 @@ def _read_clips(dataset: VideoClipDataset, index: int, clips_per_video: int) -> 
     """
     record = dataset.records[index]
     reader, n, h, w = dataset._open(record.path)
-    condition, fps = dataset.condition, float(reader.get_avg_fps())
+    condition = dataset.condition
     items, metas = [], []
     for k in range(clips_per_video):
         dataset.set_epoch(k)
         params = dataset.draw_params(index, n, h, w)
         video, ref = dataset.load_clip(record.path, params, reader=reader)  # (3, F, H, W), (3, H, W)
-        extras = condition.load_extras(record.extras, params.frame_indices, fps) if condition is not None else {}
+        extras = condition.load_extras(record.extras, dataset.span(params, reader, h, w)) \
+            if condition is not None else {}
         items.append({"video": video, "ref_image": ref, "caption": record.caption, "extras": extras,
                       "draws": dict(params.draws)})
         metas.append({"video": index, "draw": k, "path": record.path, "caption": record.caption,

@@ -275,6 +275,13 @@ class VideoClipDataset(Dataset):
                               align_corners=False)  # (n, 3, H, W) uint8
         return x.float().div_(127.5).sub_(1.0)  # (n, 3, H, W) in [-1, 1]
 
+    def span(self, params: ClipParams, reader: Any, video_h: int, video_w: int):
+        """Where the clip of `params` sits in its source video, for the condition's extra inputs."""
+        from svi.conditions import ClipSpan
+
+        return ClipSpan(params.frame_indices, float(reader.get_avg_fps()), params.crop, (video_h, video_w),
+                        self.height, self.width)
+
     # ----------------------------------------------------------------------------- items
     def __getitem__(self, index: int) -> dict[str, Any]:
         """The clip of `index`, or of the next readable video when that one is bad (deterministic)."""
@@ -300,7 +307,7 @@ class VideoClipDataset(Dataset):
         reader, n, h, w = self._open(record.path)
         params = self.draw_params(i, n, h, w)
         video, ref_image = self.load_clip(record.path, params, reader=reader)
-        extras = self.condition.load_extras(record.extras, params.frame_indices, float(reader.get_avg_fps())) \
+        extras = self.condition.load_extras(record.extras, self.span(params, reader, h, w)) \
             if self.condition is not None else {}
         return {
             "video": video,  # (3, F, H, W)

@@ -125,7 +125,7 @@ class ERFTModule(L.LightningModule):
         return {**batch, **encoded}
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
-        b = self.prepare_batch(batch)
+        b = self.condition.training_inputs(self.prepare_batch(batch), self.generator)
         x0 = b["latents"].float()  # (B, C, T, h, w) clean X_vid
         y = b["y"].float()  # (B, 4 + C, T, h, w)
         B, g, dev = x0.shape[0], self.generator, x0.device
@@ -143,8 +143,7 @@ class ERFTModule(L.LightningModule):
         e_vid, e_noi = sample_errors(memory, grid, inj, x0, self.injection, g)
 
         t = to_timesteps(sigma).to(dev)
-        text, image = b["text"], b.get("image")
-        extras = self.condition.training_extras(b.get("extras") or {}, g)
+        text, image, extras = b["text"], b.get("image"), b.get("extras") or {}
 
         def denoise(x_s: Tensor, y_in: Tensor) -> Tensor:
             return self.stack.velocity(x_s, y_in, t, text, image)

@@ -20,7 +20,6 @@ keep their queue, window planner and reflection hooks inside their own `stream`,
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from svi.conditions import Condition
 from svi.flow import euler_step, frame_to_token_timesteps, to_timesteps
 from svi.sampling.schedule import ClipSpec
 
@@ -79,14 +79,15 @@ class Denoiser:
 
     `sigma` is `(B,)` (one level per sample, SVI) or `(B, T)` (one level per latent frame, FIFO/MIGA). A
     `(B, T)` sigma that is equal along T takes the scalar path, so both give bit-identical results.
-    Guidance follows diffusers: `v = v_neg + cfg (v_pos - v_neg)`, the two branches run one after the
-    other (a batch of 2 would double peak activation memory on a 14B model). Both run inside the
-    condition's `forward_context(cond.extras)`, so its adapters see this window's extra inputs.
+    Guidance is the condition type's (`Condition.guide`): by default diffusers' text CFG,
+    `v = v_neg + cfg (v_pos - v_neg)`, the branches run one after the other (a batch of 2 would double
+    peak activation memory on a 14B model). Each branch runs inside the condition's `forward_context`, so
+    its adapters see that branch's extra inputs.
     """
 
-    def __init__(self, stack, condition=None):
+    def __init__(self, stack, condition: Condition | None = None):
         self.stack = stack
-        self.condition = condition
+        self.condition = condition or Condition()  # the plain I2V condition: text guidance, no extras
 
     def timesteps(self, x: Tensor, sigma: Tensor) -> Tensor:
         if sigma.ndim == 2 and bool((sigma == sigma[:, :1]).all()):
@@ -100,14 +101,13 @@ class Denoiser:
     @torch.no_grad()
     def __call__(self, x: Tensor, sigma: Tensor, cond: WindowCond) -> Tensor:
         t = self.timesteps(x, sigma)
-        context = self.condition.forward_context(cond.extras) if self.condition is not None \
-            else contextlib.nullcontext()
-        with context:
-            v = self.stack.velocity(x, cond.y, t, cond.text, cond.image).float()
-            if cond.cfg > 1 and cond.negative_text is not None:
-                v_neg = self.stack.velocity(x, cond.y, t, cond.negative_text, cond.image).float()
-                v = v_neg + cond.cfg * (v - v_neg)  # combined in fp32 even for a bf16 backbone
-        return v
+        condition = self.condition
+
+        def velocity(text: Tensor, extras: dict) -> Tensor:
+            with condition.forward_context(extras):
+                return self.stack.velocity(x, cond.y, t, text, cond.image).float()
+
+        return condition.guide(velocity, cond)  # text CFG unless the condition type guides otherwise
 
 
 class EulerSolver:

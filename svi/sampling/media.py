@@ -129,3 +129,25 @@ def read_mp4(path: str | Path) -> np.ndarray:
 
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
     return reader.get_batch(list(range(len(reader)))).asnumpy()
+
+
+def mux_audio(video: str | Path, audio: str | Path) -> None:
+    """Give `video` the audio track of `audio`, cut or padded with silence to the video's length, in place.
+
+    The video stream is copied packet by packet (no re-encoding); the audio is encoded as AAC. Atomic: a
+    temporary file replaces the video only when ffmpeg succeeded.
+    """
+    import imageio_ffmpeg
+
+    video = Path(video)
+    tmp = video.with_name(video.stem + ".audio.tmp" + video.suffix)
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(video), "-i", str(audio),
+           "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-af", "apad", "-shortest",
+           "-f", "mp4", str(tmp)]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"ffmpeg could not add the audio of {audio} to {video}: {result.stderr.strip()}")
+        os.replace(tmp, video)
+    finally:
+        tmp.unlink(missing_ok=True)
