@@ -32,14 +32,16 @@ ROLLOUT_METRICS = ("psnr", "ssim", "colour_de", "colour_hist", "sharpness", "fli
 
 
 class ImageInput:
-    """A validation input from files: the image (resized to the rollout's size), the prompt, and optionally
-    a ground-truth video whose frames continue the image (any format decord reads)."""
+    """A validation input from files: the image (resized to the rollout's size), the prompt, optionally a
+    ground-truth video whose frames continue the image (any format decord reads), and the condition type's
+    whole-video inputs (`inputs`, e.g. `{audio: speech.wav}` for talk, `{pose: dance.mp4}` for dance)."""
 
-    def __init__(self, image: str, prompt: str, ground_truth: str | None = None):
+    def __init__(self, image: str, prompt: str, ground_truth: str | None = None, inputs: dict | None = None):
         for path in (image, ground_truth):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"callbacks.rollout.input: {path} does not exist")
         self.image_path, self.prompt, self.gt_path = image, prompt, ground_truth
+        self.inputs = dict(inputs or {})
 
     def image(self, height: int, width: int) -> torch.Tensor:
         """(1, 3, H, W) in [-1, 1]."""
@@ -159,8 +161,12 @@ class RolloutMonitor(L.Callback):
         image = self.input.image(self.height, self.width)  # (1, 3, H, W)
         schedule = [ClipSpec(i, self.input.prompt, WAN_NEGATIVE_PROMPT, self.seed + i, self.guidance)
                     for i in range(self.num_clips)]
+        inputs = dict(getattr(self.input, "inputs", {}) or {})
+        condition = pl_module.condition
+        condition.check_schedule(schedule, inputs)
         request = GenerationRequest(image=image, schedule=schedule, num_frames=self.num_frames,
-                                    height=self.height, width=self.width)
+                                    height=self.height, width=self.width, inputs=inputs,
+                                    fps=condition.frame_rate or self.fps)
         flow = dataclasses.replace(pl_module.flow, num_inference_steps=self.num_inference_steps)
         sampler = SVIClipSampler(pl_module.condition, flow=flow, handoff=self.handoff, progress=False)
         sampler.bind(pl_module.stack)

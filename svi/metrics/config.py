@@ -24,6 +24,8 @@ class ExtractorPaths:
     clip_b32: Optional[str] = None  # transformers CLIP (ViT-B/32) directory with the visual projection
     clip_l14: Optional[str] = None  # transformers CLIP (ViT-L/14) directory with the visual projection
     laion_head: Optional[str] = None  # LAION aesthetic head: nn.Linear(768, 1) state dict (.pth | .safetensors)
+    i3d: Optional[str] = None  # TorchScript I3D (i3d_torchscript.pt): FVD
+    syncnet: Optional[str] = None  # folder with SyncNet's syncnet_v2.model and sfd_face.pth: Sync-C / Sync-D
 
 
 @dataclass

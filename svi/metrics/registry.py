@@ -35,9 +35,9 @@ from svi.metrics.video import Segment
 class MetricInfo:
     """What a metric is: how reports label, orient and explain it, and what it needs to be computed.
 
-    `needs` names one input beyond the frames: "gt" (a ground-truth video), "latents" (a latent source),
-    or the key of an extractor in `evaluate_video(extractors=...)` (`build_extractors` makes "dino",
-    "clip_b32" and "aesthetic" from configured weights). A metric whose input is missing is reported
+    `needs` names the inputs beyond the frames, joined by "+": "gt" (a ground-truth video), "latents" (a
+    latent source), or the key of an extractor in `evaluate_video(extractors=...)` (`build_extractors`
+    makes "dino", "clip_b32", "aesthetic", "i3d" and "syncnet" from configured weights). A metric whose input is missing is reported
     unavailable, with what to configure, instead of being computed.
     """
 
@@ -87,6 +87,8 @@ class EvalContext:
     per_frame: dict[str, np.ndarray]
     per_segment: dict[str, np.ndarray]
     video: dict[str, float]
+    fps: float = 16.0  # the video's frame rate
+    audio: np.ndarray | None = None  # its sound track, 16 kHz mono from frame 0 (lip-sync metrics), if any
 
     @property
     def num_frames(self) -> int:

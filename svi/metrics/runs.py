@@ -35,6 +35,16 @@ def _ground_truth(gt: str | None, index: int, video: FileVideo, readers: Mapping
     return FileVideo(gt)
 
 
+def _sound_track(path: Path):
+    """The video's audio track, 16 kHz mono, or None when it has none (a talk generation has one)."""
+    from svi.conditions.audio import AudioReadError, read_audio
+
+    try:
+        return read_audio(path)
+    except AudioReadError:
+        return None
+
+
 def evaluate_run(run: str | Path, metrics: MetricsConfig, gt: str | None = None, gt_index: int = 0,
                  stack=None, extractors: dict | None = None, gt_readers: Mapping[str, Callable] | None = None) -> dict:
     """Measure one generated run and write its outputs into the run directory; returns metrics.json."""
@@ -46,8 +56,10 @@ def evaluate_run(run: str | Path, metrics: MetricsConfig, gt: str | None = None,
     if extractors is None:
         extractors = build_extractors(metrics, metrics.include or list(METRICS), device=_device_of(stack))
     truth = _ground_truth(gt, gt_index, video, gt_readers)
+    scorer = extractors.get("syncnet")
+    audio = _sound_track(generated.video_path) if scorer is not None and not isinstance(scorer, Exception) else None
     report = evaluate_video(video, segments, metrics, gt=truth, latents=latents,
-                            extractors=extractors, segment_source=source)
+                            extractors=extractors, segment_source=source, audio=audio)
     info = {"run": str(generated.root), "video": str(generated.video_path), "gt": gt,
             "gt_index": gt_index if truth is not None and not isinstance(truth, FileVideo) else None,
             "clip_frames": generated.num_frames, "motion_frames": generated.num_motion_frames}

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from svi.metrics import builtin  # noqa: F401  (registers the metrics svi ships, in report order)
 from svi.metrics import learned, pixel
+from svi.metrics.conditioned import I3DFeatures, SyncNetScorer  # (also registers sync_c, sync_d, fvd)
 from svi.metrics.config import MetricsConfig, metrics_config
 from svi.metrics.drift import summarise
 from svi.metrics.registry import METRIC_CLASSES, METRICS, EvalContext, Metric, SegmentInputs
@@ -117,9 +118,11 @@ def build_extractors(cfg: MetricsConfig, names: Sequence[str], device: str = "cp
                                                  batch_size=cfg.batch_size),
         "aesthetic": lambda: learned.LaionAesthetic(paths.clip_l14, paths.laion_head, device=device,
                                                     batch_size=cfg.batch_size),
+        "syncnet": lambda: SyncNetScorer(paths.syncnet, device=device),
+        "i3d": lambda: I3DFeatures(paths.i3d, device=device),
     }
     out = {}
-    for need in sorted({METRICS[n].needs for n in names} & set(makers)):
+    for need in sorted(set().union(*(needs_of(n) for n in names)) & set(makers)):
         try:
             out[need] = makers[need]()
         except learned.Unavailable as err:
@@ -127,11 +130,18 @@ def build_extractors(cfg: MetricsConfig, names: Sequence[str], device: str = "cp
     return out
 
 
+def needs_of(name: str) -> set[str]:
+    """The inputs a metric needs beyond the frames (`MetricInfo.needs`, parts joined by "+")."""
+    need = METRICS[name].needs
+    return set(need.split("+")) if need else set()
+
+
 def evaluate_video(video: VideoSource, segments: Sequence[Segment], cfg: MetricsConfig | Mapping | None = None,
                    gt: VideoSource | None = None, latents: Callable[[Tensor, Segment], Tensor | None] | None = None,
                    extractors: Mapping[str, object] | None = None, segment_source: str = "clips",
-                   progress: Callable | None = None) -> Report:
-    """Measure every requested metric of `video` in one streaming pass over `segments`."""
+                   progress: Callable | None = None, audio: np.ndarray | None = None) -> Report:
+    """Measure every requested metric of `video` in one streaming pass over `segments`; `audio` is the video's
+    sound track (16 kHz mono, starting with frame 0), for the lip-sync metrics."""
     cfg = metrics_config(cfg)
     names = _requested(cfg)
     segments = list(segments)
@@ -145,9 +155,9 @@ def evaluate_video(video: VideoSource, segments: Sequence[Segment], cfg: Metrics
 
     # What can run here: everything else is reported with the reason.
     extractors = dict(extractors) if extractors is not None else build_extractors(cfg, names)
-    report.unavailable = _unavailable(names, gt, latents, extractors)
+    report.unavailable = _unavailable(names, gt, latents, extractors, audio)
     todo = [n for n in names if n not in report.unavailable]
-    needs = {METRICS[n].needs for n in todo} - {None}
+    needs = set().union(*(needs_of(n) for n in todo))
     if "gt" in needs:
         gshape = tuple(gt.read(0, 1).shape[1:3])
         if gshape != (height, width):
@@ -156,7 +166,8 @@ def evaluate_video(video: VideoSource, segments: Sequence[Segment], cfg: Metrics
     T, S = segments[-1].stop, len(segments)
     ctx = EvalContext(cfg, segments, pixel.to_float(first), extractors,
                       per_frame={n: np.full(T, np.nan) for n in todo if METRICS[n].per_frame},
-                      per_segment={n: np.full(S, np.nan) for n in todo}, video={n: math.nan for n in todo})
+                      per_segment={n: np.full(S, np.nan) for n in todo}, video={n: math.nan for n in todo},
+                      fps=video.fps, audio=audio)
     metrics = _instances(todo)
     for m in metrics:
         m.begin(ctx)
@@ -175,20 +186,24 @@ def evaluate_video(video: VideoSource, segments: Sequence[Segment], cfg: Metrics
 
 
 def _unavailable(names: Sequence[str], gt: VideoSource | None, latents: Callable | None,
-                 extractors: Mapping[str, object]) -> dict[str, str]:
+                 extractors: Mapping[str, object], audio: np.ndarray | None = None) -> dict[str, str]:
     """The requested metrics whose input is missing here, each with what to pass or configure."""
     out = {}
     for n in names:
-        need = METRICS[n].needs
-        if need == "gt" and gt is None:
-            out[n] = "needs a ground-truth video: gt=VIDEO (or gt=scenes.jsonl gt_index=I for the toy world)"
-        elif need == "latents" and latents is None:
-            out[n] = ("needs latents: pass backbone=NAME (its VAE encodes the frames) or save them "
-                      "as DIR/latents/clip_NNNN.pt")
-        elif need not in (None, "gt", "latents"):
-            ex = extractors.get(need)
-            if ex is None or isinstance(ex, Exception):
-                out[n] = str(ex) if ex is not None else f"no extractor '{need}' given"
+        for need in sorted(needs_of(n)):
+            if need == "gt" and gt is None:
+                out[n] = "needs a ground-truth video: gt=VIDEO (or gt=scenes.jsonl gt_index=I for the toy world)"
+            elif need == "latents" and latents is None:
+                out[n] = ("needs latents: pass backbone=NAME (its VAE encodes the frames) or save them "
+                          "as DIR/latents/clip_NNNN.pt")
+            elif need not in ("gt", "latents"):
+                ex = extractors.get(need)
+                if ex is None or isinstance(ex, Exception):
+                    out[n] = str(ex) if ex is not None else f"no extractor '{need}' given"
+                elif need == "syncnet" and audio is None:
+                    out[n] = "needs speech: the video has no audio track (svi-generate condition=talk writes one)"
+            if n in out:
+                break
     return out
 
 
@@ -213,5 +228,6 @@ def _segment_inputs(video: VideoSource, s: Segment, previous: Tensor | None, nee
     if "latents" in needs:
         inputs.latents = latents(x, s)
     for name in sorted(needs - {"gt", "latents"}):
-        inputs.features[name] = extractors[name](x)
+        if callable(extractors[name]):  # a feature extractor (a scorer such as SyncNet is called by its metric)
+            inputs.features[name] = extractors[name](x)
     return inputs

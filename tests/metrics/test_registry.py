@@ -149,7 +149,7 @@ def test_register_metric_refuses_what_would_fail_later(registry):
 
 
 def test_the_registry_is_complete_and_documented():
-    assert len(METRICS) == 16 and set(METRIC_CLASSES) == set(METRICS)
+    assert len(METRICS) == 19 and set(METRIC_CLASSES) == set(METRICS)
     for name, info in METRICS.items():
         assert info.name == name and info in METRIC_CLASSES[name].info
     assert WEIGHT_FREE == [n for n, m in METRICS.items() if m.needs in (None, "gt")]
@@ -233,15 +233,24 @@ def test_each_metric_alone_gives_exactly_what_it_gives_among_all():
     """Shared inputs and families sharing state do not leak between metrics (a family may be asked for one
     of its members only)."""
     video, gt, segs = ArrayVideo(frames()), ArrayVideo(frames()[::-1].copy()), segments_from_counts(COUNTS)
+    class Scorer:  # stands in for SyncNet: a function of the segment's frames and its span of the audio
+        def score(self, x, audio, fps):
+            return float(x.mean()), float(audio.sum())
+
+    def windows(x):  # stands in for I3D: one feature per 4-frame window
+        m = len(x) // 4
+        return x[: 4 * m].unflatten(0, (m, 4)).mean(dim=(1, 3, 4)).double()
+
     extractors = {"dino": features(1.0), "clip_b32": features(2.0),
-                  "aesthetic": lambda x: x.double().flatten(1).mean(dim=1)}
+                  "aesthetic": lambda x: x.double().flatten(1).mean(dim=1), "syncnet": Scorer(), "i3d": windows}
+    audio = np.linspace(0, 1, 16000).astype(np.float32)
 
     def latents(x, s):
         return torch.randn(16, 1 + (len(x) - 1) // 4, 3, 3, generator=torch.Generator().manual_seed(s.index))
 
     def run(include):
         cfg = metrics_config({"include": include, "plots": False})
-        return evaluate_video(video, segs, cfg, gt=gt, latents=latents, extractors=extractors)
+        return evaluate_video(video, segs, cfg, gt=gt, latents=latents, extractors=extractors, audio=audio)
 
     together = run(None)
     assert not together.unavailable and list(together.per_segment) == list(METRICS)
