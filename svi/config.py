@@ -37,6 +37,7 @@ class LoraSchema:
     alpha: int = 128
     targets: list[str] = field(default_factory=lambda: list(LoraSpec().targets))
     dropout: float = 0.0
+    init_path: Optional[str] = None
 
 
 def _schema_of(cls) -> Any:

@@ -28,6 +28,7 @@ class LoraSpec:
     alpha: int = 128  # lora_alpha; scale alpha / r = 1 as in the official release
     targets: list[str] = field(default_factory=lambda: list(SVI_TARGETS))  # module-name suffixes to wrap
     dropout: float = 0.0
+    init_path: str | None = None  # start from this LoRA file (any format `read_lora` reads), not from zero
 
     def __post_init__(self) -> None:
         if self.rank < 0:
@@ -59,6 +60,34 @@ def attach_lora(transformer: nn.Module, spec: LoraSpec, adapter_name: str = "def
         if p.requires_grad:
             p.data = p.data.float()
     return config
+
+
+def init_lora_from(transformer: nn.Module, path: str | Path, spec: LoraSpec, adapter_name: str = "default"):
+    """Set the freshly attached LoRA to the one in `path` (official, DiffSynth or diffusers keys): the
+    official SVI-Dance run starts from UniAnimate-DiT's LoRA this way. Each module's B is rescaled so that
+    (our alpha / r) B A equals the file's; a module the file lacks stays at zero. Returns the file's weights
+    (its non-LoRA tensors, e.g. a pose encoder, are in `.extras` for the condition type)."""
+    from svi.backbones.official import read_lora
+
+    weights = read_lora(path)
+    named = dict(transformer.named_modules())
+    scale = spec.alpha / spec.rank
+    wrapped = {n for n, m in named.items() if hasattr(m, "lora_A") and adapter_name in getattr(m, "lora_A", {})}
+    missing = sorted(set(weights.modules) - wrapped)
+    if missing:
+        raise ValueError(f"lora.init_path {path}: {len(missing)} LoRA module(s) are not adapted here, e.g. "
+                         f"{missing[:3]}: a LoRA for another model, or lora.targets {list(spec.targets)} differ")
+    with torch.no_grad():
+        for name, (a, b, s) in weights.modules.items():
+            layer = named[name]
+            lora_a, lora_b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
+            if a.shape != lora_a.shape or b.shape != lora_b.shape:
+                raise ValueError(f"lora.init_path {path}: module {name} has rank {a.shape[0]} ({tuple(a.shape)}, "
+                                 f"{tuple(b.shape)}) but lora.rank is {spec.rank} ({tuple(lora_a.shape)}, "
+                                 f"{tuple(lora_b.shape)}): set lora.rank to the file's rank")
+            lora_a.copy_(a.to(lora_a))
+            lora_b.copy_((b.float() * (s / scale)).to(lora_b))
+    return weights
 
 
 def lora_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:

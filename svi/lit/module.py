@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from svi.backbones.lora import LoraSpec, attach_lora
+from svi.backbones.lora import LoraSpec, attach_lora, init_lora_from
 from svi.config import as_dataclass
 from svi.erft import (ImageErrorRequest, InjectionConfig, WindowImageError, draw_injection, erft_step,
                       gate_on_memory, modulate_rows, sample_errors)
@@ -71,6 +71,9 @@ class ERFTModule(L.LightningModule):
         attach_lora(self.stack.transformer, self.lora_spec)
         # Condition adapters are attached after LoRA: peft's add_adapter freezes everything else.
         self.adapters = condition.attach(self.stack.transformer) or nn.ModuleList()
+        if self.lora_spec.init_path:  # start from an existing LoRA (official Dance: UniAnimate-DiT's) and its adapters
+            start = init_lora_from(self.stack.transformer, self.lora_spec.init_path, self.lora_spec)
+            condition.load_adapter_tensors(start.extras)
         if gradient_checkpointing:
             self.stack.transformer.enable_gradient_checkpointing()
 

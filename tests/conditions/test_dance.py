@@ -166,6 +166,36 @@ def test_official_dwpose_tensors_load_into_the_encoder(tmp_path, tiny_stack):
         dance.load_adapter_tensors({**weights.extras, **wide})
 
 
+def test_training_starts_from_an_official_lora_and_pose_encoder(tmp_path):
+    """lora.init_path: the official SVI-Dance run starts from UniAnimate-DiT's LoRA (DiffSynth keys, pose encoder
+    beside it); B is rescaled to our alpha / r, and a file of another rank is refused by name."""
+    from safetensors.torch import save_file
+
+    from svi.train import build
+
+    cfg = compose_config("train", [*FAST, f"paths.output_dir={tmp_path / 'a'}"])
+    model, _, _ = build(cfg)
+    layer = model.stack.transformer.blocks[1].attn2.to_v
+    start = {f"dwpose_embedding.{k}": torch.randn_like(v) for k, v in model.condition.encoder.state_dict().items()}
+    a, b = torch.randn(4, layer.in_features), torch.randn(layer.out_features, 4)
+    start["pipe.dit.blocks.1.cross_attn.v.lora_A.default.weight"] = a
+    start["pipe.dit.blocks.1.cross_attn.v.lora_B.default.weight"] = b
+    save_file(start, str(tmp_path / "unianimate.safetensors"))
+    cfg = compose_config("train", [*FAST, "lora.alpha=8", f"lora.init_path={tmp_path / 'unianimate.safetensors'}",
+                                   f"paths.output_dir={tmp_path / 'b'}"])
+    model, _, _ = build(cfg)
+    layer = model.stack.transformer.blocks[1].attn2.to_v
+    assert torch.equal(layer.lora_A["default"].weight, a)
+    assert torch.allclose(layer.lora_B["default"].weight * 2.0, b)  # ours: alpha / r = 2; the file's: 1
+    assert torch.equal(model.condition.encoder[12].weight, start["dwpose_embedding.12.weight"])
+    untouched = model.stack.transformer.blocks[0].attn1.to_q.lora_B["default"].weight
+    assert untouched.abs().sum() == 0  # a module the file lacks starts at zero
+    cfg = compose_config("train", [*FAST, "lora.rank=8", f"lora.init_path={tmp_path / 'unianimate.safetensors'}",
+                                   f"paths.output_dir={tmp_path / 'c'}"])
+    with pytest.raises(Exception, match="set lora.rank to the file's rank"):  # (wrapped by hydra's instantiate)
+        build(cfg)
+
+
 def _dance_dataset(root, num_videos=2):
     from svi.toy.world import write_dataset
 
