@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 ARGS ?=
 
-.PHONY: help install test test-fast demo demo-k2 demo-v1 toy-base toy-base-k2 toy-base-v1 train table-ablation table-toy-ablation table-consistency clean-outputs
+.PHONY: help install test test-fast demo demo-k2 demo-v1 demo-talk demo-dance toy-base toy-base-k2 toy-base-v1 train table-ablation table-toy-ablation table-consistency clean-outputs
 
 help:  ## list the verbs
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ demo-k2: install  ## make demo at twice the budget (600-step fine-tunes, 10 samp
 
 demo-v1: install  ## the demo on base v1 (K = 1, the paper's window image errors, 30 clips; ~13 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_v1 $(ARGS)
+
+demo-talk: install  ## toy SVI-Talk on base v1: a sound drives a sprite's size; drift and toy sync (~15 min)
+	$(VENV)/bin/svi-demo --config-name toy/demo_talk $(ARGS)
+
+demo-dance: install  ## toy SVI-Dance on base v1: a pose video drives the sprites; drift, pose error, PSNR (~15 min)
+	$(VENV)/bin/svi-demo --config-name toy/demo_dance $(ARGS)
 
 toy-base: install  ## retrain the K = 2 toy base of make demo into svi/assets/toy_base_k2 (~15 min on 2 cores)
 	$(VENV)/bin/svi-train experiment=toy_pretrain condition.num_motion_frames=2 \

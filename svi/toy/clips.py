@@ -5,7 +5,8 @@ a start frame and a reference frame drawn from the same key. Held-out test scene
 branch of the seed tree (`heldout_scene_seed`), so no test world is ever seen in training.
 
 An item is a raw clip in the layout the training module encodes itself (`video`, `ref_image`,
-`caption`), exactly like `data=folders`: the toy world goes through the real encode path.
+`caption`, and for talk / dance the clip's raw `extras`: its sound or pose frames, `svi.toy.signals`), exactly
+like `data=folders`: the toy world goes through the real encode path.
 Shot mode's training reference is a random frame of the same video within `ref_window` frames of the
 clip (the prototype's "random frame of the same 48-frame video"); at test it is the video's frame 0.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from svi.toy.signals import clip_signals, signal_world
 from svi.toy.world import caption, derive_seed, make_world, render
 
 TRAIN, TEST = 0, 1
@@ -35,10 +37,13 @@ class ToyWorldSpec:
     max_sprites: int = 2
     drift: float = 0.0
     scene_change_every: int | None = None  # film scripts (new scene every N frames); None = one shot
+    voice: bool = False  # talk worlds: the top sprite's size follows a sound (svi.toy.signals)
+    dance: bool = False  # dance worlds: the sprites follow a choreography shown by a pose video
 
     def world(self, seed: int):
+        signals = {k: True for k in ("voice", "dance") if getattr(self, k)}
         return make_world(seed, scene_change_every=self.scene_change_every, min_sprites=self.min_sprites,
-                          max_sprites=self.max_sprites, drift=self.drift)
+                          max_sprites=self.max_sprites, drift=self.drift, **signals)
 
 
 def train_scene_seed(seed: int, i: int) -> int:
@@ -66,8 +71,9 @@ class ToyClips(Dataset):
             raise ValueError(f"data.length and data.clips_per_scene must be >= 1, got {length}, {clips_per_scene}")
         self.num_frames, self.length, self.seed = num_frames, length, seed
         self.clips_per_scene, self.max_start, self.ref_window = clips_per_scene, max_start, ref_window
-        self.world_spec = world if isinstance(world, ToyWorldSpec) else ToyWorldSpec(**dict(world or {}))
-        self.condition = condition  # its per-clip draws (Film's motion-frame mix)
+        spec = world if isinstance(world, ToyWorldSpec) else ToyWorldSpec(**dict(world or {}))
+        self.world_spec = signal_world(spec, condition)  # talk / dance: worlds with a voice / a dance
+        self.condition = condition  # its per-clip draws (Film's motion-frame mix) and extra inputs
 
     def __len__(self) -> int:
         return self.length
@@ -82,8 +88,11 @@ class ToyClips(Dataset):
         video = render(world, start, F, spec.height, spec.width)
         ref = render(world, ref_t, 1, spec.height, spec.width)
         draws = self.condition.draw(random.Random(derive_seed(self.seed, 3, index))) if self.condition else {}
-        return {"video": to_tensor(video), "ref_image": to_tensor(ref)[:, 0], "caption": caption(world),
+        item = {"video": to_tensor(video), "ref_image": to_tensor(ref)[:, 0], "caption": caption(world),
                 "draws": draws}
+        if self.condition is not None and self.condition.extra_fields:  # talk / dance: the clip's own signal
+            item["extras"] = clip_signals(self.condition, world, start, F, spec.height, spec.width)
+        return item
 
 
 class ToyClipsDataModule(L.LightningDataModule):

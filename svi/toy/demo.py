@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -76,8 +77,9 @@ def adapters_from_runs(pattern: str) -> tuple[dict[tuple[str, int], Path], dict[
     return adapters, dirs
 
 
-def run_summaries(results: dict) -> dict[tuple[str, int], dict[str, float]]:
-    """Per (model, seed): the drift numbers a table row shows (the same as each run's metrics.json)."""
+def run_summaries(results: dict, signal_metrics=()) -> dict[tuple[str, int], dict[str, float]]:
+    """Per (model, seed): the drift numbers a table row shows (the same as each run's metrics.json), and the
+    signal-following metrics (`eval.signal_metrics`, mean over videos)."""
     from svi.toy.evaluate import BACKGROUND, PRIMARY, late_clips
 
     out = {}
@@ -94,7 +96,8 @@ def run_summaries(results: dict) -> dict[tuple[str, int], dict[str, float]]:
                 "bg_rmse_late": float(np.nanmean(ev.per_clip[BACKGROUND][:, late])),
                 "col_shift_late": float(np.nanmean(ev.per_clip["col_shift"][:, late])),
                 "objects_late": float(np.nanmean(ev.per_clip["objects"][:, late])),
-                "hf_ratio_late": float(np.nanmean(ev.per_clip["hf_ratio"][:, late]))}
+                "hf_ratio_late": float(np.nanmean(ev.per_clip["hf_ratio"][:, late])),
+                **{m: float(np.nanmean(ev.video_values(m))) for m in signal_metrics}}
     return out
 
 
@@ -113,7 +116,8 @@ def write_tables(cfg: DictConfig, summaries: dict, run_dirs: dict[tuple[str, int
         if key in run_dirs:
             (run_dirs[key] / "metrics.json").write_text(json.dumps({"summary": values}, indent=2))
     order = ["base", *cfg.ablation_order, *cfg.models]
-    write_table(build_table(records, TABLE_COLUMNS, row_order=order), out, name="table")
+    columns = (*TABLE_COLUMNS, *cfg.eval.signal_metrics)
+    write_table(build_table(records, columns, row_order=order), out, name="table")
     return out / "table.md"
 
 
@@ -165,15 +169,23 @@ def _sampler(cfg: DictConfig, stack):
                           progress=False)
 
 
+def _eval_world(cfg: DictConfig, condition):
+    """The held-out worlds' spec: `eval.world` with the condition's signals on (talk: a voice, dance: a dance)."""
+    from svi.toy.clips import ToyWorldSpec
+    from svi.toy.signals import signal_world
+
+    return signal_world(ToyWorldSpec(**OmegaConf.to_container(cfg.eval.world, resolve=True)), condition)
+
+
 def evaluate_all(cfg: DictConfig, adapters: dict[tuple[str, int], Path], out: Path) -> dict:
     from svi.toy.backbone import load_toy_base
-    from svi.toy.clips import ToyWorldSpec
     from svi.toy.evaluate import metric_pool
 
     stack = load_toy_base(cfg.base)
-    base_state = {k: v.clone() for k, v in stack.transformer.state_dict().items()}
     sampler = _sampler(cfg, stack)
-    spec = ToyWorldSpec(**OmegaConf.to_container(cfg.eval.world, resolve=True))
+    sampler.condition.attach(stack.transformer)  # talk / dance adapters: zero on the base, trained by the fine-tunes
+    base_state = {k: v.clone() for k, v in stack.transformer.state_dict().items()}
+    spec = _eval_world(cfg, sampler.condition)
     ev = cfg.eval
     results: dict[int, dict[str, object]] = {}
     videos: dict[int, dict[str, np.ndarray]] = {}
@@ -190,7 +202,7 @@ def evaluate_all(cfg: DictConfig, adapters: dict[tuple[str, int], Path], out: Pa
     stack.transformer.load_state_dict(base_state)
     _log(f"rollouts of {len(names)} models x {len(cfg.seeds)} seeds x {ev.num_videos} videos x {ev.num_clips} clips "
          f"in {time.time() - t0:.0f} s")
-    return {"results": results, "videos": videos}
+    return {"results": results, "videos": videos, "world": spec}
 
 
 def _rollouts(cfg, stack, sampler, spec, names, adapters, base_state, pool, results, videos, bar) -> None:
@@ -199,6 +211,7 @@ def _rollouts(cfg, stack, sampler, spec, names, adapters, base_state, pool, resu
     from svi.backbones.official import merge_lora, read_lora
     from svi.toy.evaluate import evaluate_videos
     from svi.toy.rollout import autoencoder_round_trip, ground_truth, heldout_worlds, rollout
+    from svi.toy.world import render_pose
 
     ev, F = cfg.eval, int(cfg.eval.num_frames)
     for seed in cfg.seeds:
@@ -209,10 +222,15 @@ def _rollouts(cfg, stack, sampler, spec, names, adapters, base_state, pool, resu
         ceiling = autoencoder_round_trip(stack, truth, F, K)
         results[seed] = {"ceiling": evaluate_videos(ceiling, worlds, F - K, start=K, pool=pool)}
         videos[seed] = {"ground_truth": truth}
+        if spec.dance:  # what drives the sprites, shown beside the videos
+            videos[seed] = {"pose": np.stack([render_pose(w, 0, n_frames, spec.height, spec.width) for w in worlds]),
+                            **videos[seed]}
         for name in names:
             stack.transformer.load_state_dict(base_state)
             if name != BASE:
-                merge_lora(stack.transformer, read_lora(adapters[(name, int(seed))]), 1.0)
+                lora = read_lora(adapters[(name, int(seed))])
+                merge_lora(stack.transformer, lora, 1.0)
+                sampler.condition.load_adapter_tensors(lora.extras)  # the trained audio adapters / pose encoder
             r = rollout(sampler, worlds, int(ev.num_clips), F, noise_seed=int(seed), height=spec.height,
                         width=spec.width, desc=f"{name} seed {seed}")
             results[seed][name] = evaluate_videos(r.videos, worlds, r.frames_per_clip, start=K, pool=pool)
@@ -292,10 +310,65 @@ def summarise(cfg: DictConfig, results: dict, timings: dict) -> dict:
         summary["erft_better_on_every_seed"] = main["better_on_every_seed"]
         # every further variant (models.<name>=[...], e.g. a lever) against plain LoRA, the same way
         summary["variants_vs_plain"] = {n: vs_plain(n) for n in names if n not in (BASE, plain, erft)}
+    if cfg.eval.signal_metrics:
+        summary["signals"] = signal_summary(cfg, results)
     summary["curves"] = {n: {k: np.mean(v, axis=0).round(4).tolist() for k, v in c.items()} for n, c in curves.items()}
     summary["timings_s"] = timings
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)
     return summary
+
+
+#: how to read a signal-following metric (`eval.signal_metrics`)
+SIGNAL_METRICS = {
+    "toy_sync": ("toy sync: correlation of the generated top-sprite size with the sound's loudness, over all "
+                 "generated frames", "higher"),
+    "toy_sync_early": ("toy sync over the first third of the clips' frames", "higher"),
+    "toy_sync_late": ("toy sync over the last third of the clips' frames", "higher"),
+    "pose_err": ("toy pose error: px from the generated sprite centres to the positions the pose video gives "
+                 "(present sprites only)", "lower"),
+    "objects": ("sprites present (of 2)", "higher"),
+    "psnr_gt": ("PSNR (dB) against the ground-truth video", "higher"),
+}
+
+
+def signal_summary(cfg: DictConfig, results: dict) -> dict:
+    """Per signal metric: each model's mean (over seeds of the per-seed video means; the ceiling is the
+    ground truth through the autoencoder) and paired per-video intervals between the models."""
+    from svi.toy.evaluate import paired_interval
+
+    names = [BASE, *cfg.models, "ceiling"]
+    plain = next((n for n in ("plain_lora", "no_erft") if n in names), None)
+    erft = next((n for n in ("erft", "none") if n in names), None)
+    pairs = [(a, b) for a, b in ((erft, plain), (erft, BASE), (plain, BASE)) if a and b]
+    out = {}
+    for metric in cfg.eval.signal_metrics:
+        if metric not in SIGNAL_METRICS:
+            raise ValueError(f"eval.signal_metrics: unknown metric {metric!r}; choose from {list(SIGNAL_METRICS)}")
+        values = {n: [results[s][n].video_values(metric) for s in cfg.seeds] for n in names}
+        out[metric] = {
+            "definition": SIGNAL_METRICS[metric][0], "better": SIGNAL_METRICS[metric][1],
+            "mean": {n: float(np.mean([np.nanmean(v) for v in vs])) for n, vs in values.items()},
+            "per_seed": {n: [float(np.nanmean(v)) for v in vs] for n, vs in values.items()},
+            "paired": {f"{a}_minus_{b}": paired_interval(np.concatenate(values[a]) - np.concatenate(values[b]))
+                       for a, b in pairs}}
+    return out
+
+
+def signal_table(signals: dict) -> str:
+    """The signal-following metrics: one row per model, then the paired differences."""
+    metrics = list(signals)
+    names = list(signals[metrics[0]]["mean"])
+    lines = ["| model | " + " | ".join(f"{m} ({signals[m]['better']} is better)" for m in metrics) + " |",
+             "|" + "---|" * (1 + len(metrics))]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(f"{signals[m]['mean'][n]:.3f}" for m in metrics) + " |")
+    lines.append("")
+    lines.append("paired per video (95% t interval):")
+    for m in metrics:
+        for pair, iv in signals[m]["paired"].items():
+            lines.append(f"  {m} {pair.replace('_minus_', ' - ')}: {iv['mean']:+.3f} [{iv['low']:+.3f}, "
+                         f"{iv['high']:+.3f}] (n = {iv['n']})")
+    return "\n".join(lines)
 
 
 def drift_table(summary: dict) -> str:
@@ -331,6 +404,8 @@ def drift_table(summary: dict) -> str:
         lines.append(f"  {n} - plain LoRA, pooled: {iv['mean']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}]  "
                      f"({iv['better']}/{iv['n']} videos better); ratio {v['ratio']:.2f}; "
                      f"better on every seed: {v['better_on_every_seed']}")
+    if summary.get("signals"):
+        lines += ["", "Following the signal:", signal_table(summary["signals"])]
     return "\n".join(lines)
 
 
@@ -362,7 +437,71 @@ def plot_curves(summary: dict, path: Path) -> Path:
     return path
 
 
-def write_side_by_side(videos: dict[str, np.ndarray], folder: Path, num: int, scale: int = 4, fps: int = 16) -> list[Path]:
+def plot_signals(cfg: DictConfig, results: dict, path: Path) -> Path | None:
+    """How well each model follows the signal over time: per clip, the pose error and PSNR (mean over seeds and
+    videos), and in a voiced world one video's top-sprite size against the true size. None: nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [BASE, *cfg.models, "ceiling"]
+    first = results[cfg.seeds[0]]
+    panels = [m for m in ("pose_err", "psnr_gt") if m in cfg.eval.signal_metrics]
+    voiced = bool(np.isfinite(first[BASE].per_clip["size_true"]).any())
+    if not panels and not voiced:
+        return None
+    fig, axes = plt.subplots(1, len(panels) + voiced, figsize=(5.5 * (len(panels) + voiced), 4), squeeze=False)
+    for ax, m in zip(axes[0], panels):
+        for n in names:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                curve = np.nanmean([np.nanmean(results[s][n].per_clip[m], axis=0) for s in cfg.seeds], axis=0)
+            style = dict(color="0.5", ls="--", lw=1) if n == "ceiling" else dict(lw=1.8)
+            ax.plot(curve, label="autoencoder ceiling" if n == "ceiling" else n, **style)
+        ax.set_title(SIGNAL_METRICS[m][0].split(":")[0] + f" ({SIGNAL_METRICS[m][1]} is better)", fontsize=10)
+        ax.set_xlabel("clip")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if voiced:
+        ax = axes[0, -1]
+        ax.plot(first[BASE].per_clip["size_true"][0], color="k", lw=2.5, label="true (follows the sound)")
+        for n in names[:-1]:
+            ax.plot(first[n].per_clip["size"][0], lw=1.5, label=n)
+        ax.set_title(f"top sprite half-extent (px), video 0 of seed {cfg.seeds[0]}, per clip", fontsize=10)
+        ax.set_xlabel("clip")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fps(cfg: DictConfig) -> float:
+    """The frame rate the side-by-side videos play at: the condition's (talk / dance), else the toy world's 16."""
+    return float(cfg.condition.get("frame_rate") or 16)
+
+
+def add_soundtracks(cfg: DictConfig, spec, mp4s: list[Path]) -> None:
+    """Side-by-side videos of a voiced world carry the world's sound (muxed, the video stream copied)."""
+    import soundfile
+
+    from svi.sampling.media import mux_audio
+    from svi.toy.rollout import heldout_worlds
+    from svi.toy.world import SAMPLE_RATE, voice_samples
+
+    worlds = heldout_worlds(spec, int(cfg.seeds[0]), len(mp4s))
+    for world, mp4 in zip(worlds, mp4s):
+        wav = mp4.with_suffix(".wav")
+        frames = cfg.condition.num_motion_frames + cfg.eval.num_clips * (cfg.eval.num_frames
+                                                                          - cfg.condition.num_motion_frames)
+        soundfile.write(wav, voice_samples(world, 0, frames, _fps(cfg)), SAMPLE_RATE, subtype="PCM_16")
+        mux_audio(mp4, wav)
+        wav.unlink()
+
+
+def write_side_by_side(videos: dict[str, np.ndarray], folder: Path, num: int, scale: int = 4, fps: float = 16) -> list[Path]:
     """One mp4 per video: ground truth | base | plain | ERFT, upscaled (nearest) for viewing."""
     from svi.sampling.media import write_mp4
 
@@ -418,23 +557,27 @@ def run(cfg: DictConfig) -> dict:
         dirs = {key: path.parent for key, path in adapters.items()}
     t_train = time.time() - t0
     evald = evaluate_all(cfg, adapters, out)
-    table_file = write_tables(cfg, run_summaries(evald["results"]), dirs, out)
+    table_file = write_tables(cfg, run_summaries(evald["results"], cfg.eval.signal_metrics), dirs, out)
     t_eval = time.time() - t0 - t_train
     summary = summarise(cfg, evald["results"], {"finetune": round(t_train, 1), "rollout_eval": round(t_eval, 1)})
     save_per_clip(evald["results"], out / "per_clip.npz")
     first = cfg.seeds[0]
-    vids = {k: evald["videos"][first][k] for k in ["ground_truth", BASE, *cfg.models]}
-    mp4s = write_side_by_side(vids, out / "videos", int(cfg.num_side_by_side))
+    vids = {k: evald["videos"][first][k] for k in ["pose", "ground_truth", BASE, *cfg.models]
+            if k in evald["videos"][first]}
+    mp4s = write_side_by_side(vids, out / "videos", int(cfg.num_side_by_side), fps=_fps(cfg))
+    if evald["world"].voice:
+        add_soundtracks(cfg, evald["world"], mp4s)
     plot = plot_curves(summary, out / "drift_vs_time.png")
+    signal_plot = plot_signals(cfg, evald["results"], out / "signal_vs_time.png")
     summary["timings_s"]["total"] = round(time.time() - t0, 1)
     summary["files"] = {"plot": str(plot), "videos": [str(p) for p in mp4s], "per_clip": str(out / "per_clip.npz"),
-                        "table": str(table_file)}
+                        "table": str(table_file), **({"signal_plot": str(signal_plot)} if signal_plot else {})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     table = drift_table(summary)
     (out / "drift_table.md").write_text(table + "\n")
     print(f"\nDrift ({summary['metric']}; positive = worse):\n{table}\n")
     print(f"[svi-demo] summary: {out / 'summary.json'}; plot: {plot}; videos: {out / 'videos'} "
-          f"({len(mp4s)} x [ground truth | base | plain | ERFT]); total {summary['timings_s']['total']:.0f} s")
+          f"({len(mp4s)} x [{' | '.join(vids)}]); total {summary['timings_s']['total']:.0f} s")
     return summary
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from svi.toy.metrics import clip_means, frame_metrics
+from svi.toy.metrics import clip_means, correlation, frame_metrics
 
 # The primary drift measure and how to read it. Positive = worse; 0 = as good as the ground truth
 # through the autoencoder. world_rmse (distance to the nearest valid world frame) counts colour shift,
@@ -28,6 +29,15 @@ class ModelEval:
     """Per video x clip metric arrays of one model on one seed's worlds."""
 
     per_clip: dict[str, np.ndarray]  # metric -> (videos, clips)
+    per_video: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> (videos,): toy_sync, toy_sync_late
+
+    def video_values(self, metric: str) -> np.ndarray:
+        """One number per video: a per-video metric, or a per-clip one averaged over all clips."""
+        if metric in self.per_video:
+            return self.per_video[metric]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a video with the metric undefined: NaN
+            return np.nanmean(self.per_clip[metric], axis=1)
 
     def drift(self, ceiling: "ModelEval", metric: str = PRIMARY) -> np.ndarray:
         """Per video: mean of `metric` over the late clips minus the autoencoder ceiling's (same clips)."""
@@ -36,8 +46,22 @@ class ModelEval:
         return np.nanmean(v[:, late], axis=1) - np.nanmean(c[:, late], axis=1)
 
 
-def _video_clip_means(video: np.ndarray, world, frames_per_clip: int, start: int) -> dict[str, np.ndarray]:
-    return clip_means(frame_metrics(world, video[start:], start=start), frames_per_clip)
+def _video_metrics(video: np.ndarray, world, frames_per_clip: int, start: int) -> tuple[dict, dict]:
+    """Per-clip means of the frame metrics, and per-video numbers: in a voiced world the toy sync, the
+    correlation of the generated top-sprite size with the true one (an affine function of the sound's
+    loudness), over all generated frames and over the first and the last third of the clips' frames."""
+    frames = frame_metrics(world, video[start:], start=start)
+    scalars = {}
+    if np.isfinite(frames["size_true"]).any():
+        n = len(frames["size"]) // frames_per_clip
+        late = late_clips(n)
+        early = slice(0, late.stop - late.start)
+        size, true = frames["size"], frames["size_true"]
+        scalars = {"toy_sync": correlation(size, true)}
+        for name, part in (("toy_sync_early", early), ("toy_sync_late", late)):
+            lo, hi = part.start * frames_per_clip, part.stop * frames_per_clip
+            scalars[name] = correlation(size[lo:hi], true[lo:hi])
+    return clip_means(frames, frames_per_clip), scalars
 
 
 def _single_thread() -> None:
@@ -62,12 +86,15 @@ def evaluate_videos(videos: np.ndarray, worlds: list, frames_per_clip: int, star
     frames excluded). `pool` (from `metric_pool`) spreads the videos over processes; same numbers."""
     n = len(videos)
     args = (list(videos), list(worlds), [frames_per_clip] * n, [start] * n)
-    rows = list(pool.map(_video_clip_means, *args)) if pool is not None else list(map(_video_clip_means, *args))
+    rows = list(pool.map(_video_metrics, *args)) if pool is not None else list(map(_video_metrics, *args))
     per: dict[str, list] = {}
-    for m in rows:
+    videos: dict[str, list] = {}
+    for m, scalars in rows:
         for k, v in m.items():
             per.setdefault(k, []).append(v)
-    return ModelEval({k: np.stack(v) for k, v in per.items()})
+        for k, v in scalars.items():
+            videos.setdefault(k, []).append(v)
+    return ModelEval({k: np.stack(v) for k, v in per.items()}, {k: np.array(v) for k, v in videos.items()})
 
 
 def t_quantile(p: float, df: int) -> float:

@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> dict:
         to_absolute_path(str(cfg.out)), num_videos=cfg.num_videos, num_frames=cfg.num_frames,
         height=cfg.height, width=cfg.width, fps=cfg.fps, seed=cfg.seed, category=cfg.category,
         film=cfg.film, scene_change_every=cfg.scene_change_every, max_sprites=cfg.max_sprites,
-        drift=cfg.drift, progress=cfg.progress,
+        drift=cfg.drift, voice=cfg.voice, dance=cfg.dance, progress=cfg.progress,
     )
     mode = "single-shot"
     if summary["film"]:

@@ -18,6 +18,10 @@ background and where every sprite is. Per frame (8-bit RGB, H x W):
               drawn true to shape and colour where the generated frame has it (colour centroid), or, if it
               is missing, on its true trajectory. Background corruption, smears, lost or discoloured
               sprites all count; a sprite that survives off the true trajectory does not.
+* `pose_err`  mean distance (px) of the present sprites' centres from where the world puts them: the toy
+              pose error of a dance world (whose positions the pose video gives).
+* `size`, `size_true`  the top sprite's half-extent (px) as generated (from its coverage) and as the world
+              has it, in a voiced world (NaN otherwise): `toy_sync` correlates the two over a video.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from svi.toy.world import SPRITE_COLOURS, _background, _brightness, _draw_sprites, _shot_of, render, sprite_centres
+from svi.toy.world import (SPRITE_COLOURS, _background, _brightness, _draw_sprites, _shot_of, render, sprite_centres,
+                           sprite_sizes)
 
 # Laplacian energy of uniform 8-bit rounding noise: the stencil's squared weights sum to 20, times 1/12.
 HF_FLOOR = 20.0 / 12.0
-FRAME_METRICS = ("bg_rmse", "bg_psnr", "col_shift", "hf_ratio", "objects", "object_loss", "psnr_gt", "world_rmse")
+FRAME_METRICS = ("bg_rmse", "bg_psnr", "col_shift", "hf_ratio", "objects", "object_loss", "psnr_gt", "world_rmse",
+                 "pose_err", "size", "size_true")
 
 
 def _sprite_masks(scene, t: int, height: int, width: int, margin: float = 0.0) -> np.ndarray:
@@ -41,8 +47,8 @@ def _sprite_masks(scene, t: int, height: int, width: int, margin: float = 0.0) -
     centres = sprite_centres(scene, [t], height, width)[0]
     yy, xx = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
     out = []
-    for sprite, (cx, cy) in zip(scene.sprites, centres):
-        r = sprite.size * min(height, width)
+    for sprite, size, (cx, cy) in zip(scene.sprites, sprite_sizes(scene, [t])[0], centres):
+        r = size * min(height, width)
         dx, dy = xx - cx, yy - cy
         dist = np.sqrt(dx * dx + dy * dy) if sprite.shape == "disc" else np.maximum(np.abs(dx), np.abs(dy))
         out.append(dist <= r + margin)
@@ -57,13 +63,17 @@ def _generated_sprites(g: np.ndarray, scene, colour_tol: float) -> np.ndarray:
     return F.max_pool2d(torch.from_numpy(hit).float()[None, None], 3, stride=1, padding=1)[0, 0].numpy() > 0
 
 
-def _coverage_centroid(g: np.ndarray, bg: np.ndarray, colour: np.ndarray, match: np.ndarray) -> np.ndarray:
-    """Sub-pixel (x, y) centre of a sprite: pixel centres weighted by its estimated coverage (the projection of
-    generated - background onto colour - background, in [0, 1]) around its colour-matched pixels. Exact for
-    an anti-aliased sprite drawn by the world."""
+def _coverage(g: np.ndarray, bg: np.ndarray, colour: np.ndarray, match: np.ndarray) -> np.ndarray:
+    """(H, W) estimated coverage of a sprite: the projection of generated - background onto colour -
+    background, in [0, 1], around its colour-matched pixels. Exact for an anti-aliased sprite drawn by the world."""
     near = F.max_pool2d(torch.from_numpy(match).float()[None, None], 3, stride=1, padding=1)[0, 0].numpy() > 0
     d = colour - bg  # (H, W, 3)
-    alpha = np.clip(((g - bg) * d).sum(-1) / np.maximum((d * d).sum(-1), 1e-6), 0.0, 1.0) * near
+    return np.clip(((g - bg) * d).sum(-1) / np.maximum((d * d).sum(-1), 1e-6), 0.0, 1.0) * near
+
+
+def _coverage_centroid(g: np.ndarray, bg: np.ndarray, colour: np.ndarray, match: np.ndarray) -> np.ndarray:
+    """Sub-pixel (x, y) centre of a sprite: pixel centres weighted by its estimated coverage (`_coverage`)."""
+    alpha = _coverage(g, bg, colour, match)
     ys, xs = np.mgrid[: g.shape[0], : g.shape[1]]
     total = max(float(alpha.sum()), 1e-6)
     return np.array([((xs + 0.5) * alpha).sum() / total, ((ys + 0.5) * alpha).sum() / total])
@@ -135,7 +145,8 @@ def frame_metrics(world, frames: np.ndarray, start: int, margin: float = 1.5, co
         hf_true = _laplacian_energy(torch.from_numpy(bg), gt_keep)
         out["hf_ratio"][i] = (_laplacian_energy(torch.from_numpy(g), gt_keep) + HF_FLOOR) / (hf_true + HF_FLOOR)
         present, cents = 0, []
-        reposed = sprite_centres(scene, [local_t], H, W)[0].copy()  # missing sprites stay on their true path
+        true_centres = sprite_centres(scene, [local_t], H, W)[0]
+        reposed = true_centres.copy()  # missing sprites stay on their true path
         found = np.zeros(len(scene.sprites), dtype=bool)
         for j, (sprite, m) in enumerate(zip(scene.sprites, true_masks)):
             colour = np.array(SPRITE_COLOURS[sprite.colour], dtype=np.float64)
@@ -147,9 +158,16 @@ def frame_metrics(world, frames: np.ndarray, start: int, margin: float = 1.5, co
                 ys, xs = np.nonzero(match)
                 cents.append((xs.mean(), ys.mean()))
                 reposed[j], found[j] = _coverage_centroid(g, bg_float, colour, match), True
+                if j == len(scene.sprites) - 1 and scene.voice is not None:  # the voiced (top) sprite's size
+                    area = float(_coverage(g, bg_float, colour, match).sum())
+                    out["size"][i] = math.sqrt(area / math.pi) if sprite.shape == "disc" else math.sqrt(area) / 2
             else:
                 cents.append((np.nan, np.nan))
         centroids.append(cents)
+        if found.any():
+            out["pose_err"][i] = float(np.linalg.norm(reposed[found] - true_centres[found], axis=-1).mean())
+        if scene.voice is not None:
+            out["size_true"][i] = float(sprite_sizes(scene, [local_t])[0, -1] * min(H, W))
         out["objects"][i] = present
         out["object_loss"][i] = len(scene.sprites) - present
         out["world_rmse"][i] = _nearest_world_rmse(g, bg_float, scene, local_t, reposed, found)
@@ -161,6 +179,17 @@ def frame_metrics(world, frames: np.ndarray, start: int, margin: float = 1.5, co
         warnings.simplefilter("ignore", RuntimeWarning)  # frames with no sprite present: NaN speed
         out["speed"] = np.concatenate([[np.nan], np.nanmean(step, axis=1)]) if N > 1 else np.full(N, np.nan)
     return out
+
+
+def correlation(a: np.ndarray, b: np.ndarray, min_frames: int = 8) -> float:
+    """Pearson correlation over the frames where both are finite (NaN with fewer than `min_frames`; 0 when
+    either is constant there: a size that never changes follows nothing)."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < min_frames:
+        return float("nan")
+    if np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
+        return 0.0
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
 def clip_means(per_frame: dict[str, np.ndarray], frames_per_clip: int) -> dict[str, np.ndarray]:

@@ -3,7 +3,8 @@
 Every video starts from the first K frames of a test world (frame 0 is the Shot reference; with K = 1
 this is `svi-generate`'s single input image) and is extended clip by clip exactly as `svi-generate`
 does it (`SVIClipSampler.sample_clip`: condition from the previous clip's last frames, pixel round
-trip with the sampler's 8-bit quantisation, fresh noise per clip). The noise of clip c is drawn from
+trip with the sampler's 8-bit quantisation, fresh noise per clip). A talk or dance condition gets each
+clip's own slice of the world's sound or pose video (`svi.toy.signals`). The noise of clip c is drawn from
 (noise_seed, c) for the whole batch, so two models rolled out with the same seed see identical noise:
 their differences are paired.
 """
@@ -17,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from svi.toy.clips import ToyWorldSpec, heldout_scene_seed, to_tensor
+from svi.toy.signals import batch_signals
 from svi.toy.world import caption, render
 from svi.sampling.media import from_uint8, quantize_frames
 from svi.sampling.svi_clip import SVIClipSampler, motion_latent_frames
@@ -62,7 +64,8 @@ def rollout(sampler: SVIClipSampler, worlds: list, num_clips: int, num_frames: i
                 full = torch.randn((b0 + shape[0], *shape[1:]), generator=g)  # same draw per video index
                 return full[b0:]
 
-            x = sampler.sample_clip(motion, ref, num_frames, text, noise,
+            extras = batch_signals(sampler.condition, stack, batch, pos - K, num_frames, height, width)
+            x = sampler.sample_clip(motion, ref, num_frames, text, noise, extras=extras,
                                     prev_latents=prev if sampler.handoff == "latent" else None)
             video = stack.decode_latents(x)  # (B, 3, F, H, W)
             frames = quantize_frames(video, sampler.quantize).numpy()  # (B, F, H, W, 3), as the sampler writes them

@@ -57,8 +57,47 @@ class Background:
 
 
 @dataclass(frozen=True)
+class Voice:
+    """A sound whose loudness drives the top sprite's size (the toy world's talk signal).
+
+    Loudness envelope a(t) = 0.5 + 0.25 sin(2 pi t / p1 + phi1) + 0.25 sin(2 pi t / p2 + phi2) in [0, 1] (t in
+    frames); the sound is a `carrier` Hz tone of amplitude 0.5 a(t). Frame t shows the top sprite at half-extent
+    size x (1 + depth (2 a(t + 0.5) - 1)): the loudness in the middle of the frame's own stretch of sound.
+    """
+
+    periods: tuple[float, float]
+    phases: tuple[float, float]
+    depth: float = 0.35
+    carrier: float = 220.0
+
+    def envelope(self, t) -> np.ndarray:
+        t = np.asarray(t, dtype=np.float64)
+        (p1, p2), (f1, f2) = self.periods, self.phases
+        return 0.5 + 0.25 * np.sin(2 * math.pi * t / p1 + f1) + 0.25 * np.sin(2 * math.pi * t / p2 + f2)
+
+
+@dataclass(frozen=True)
+class Dance:
+    """Choreographed sprite paths replacing the bounce (the toy world's dance signal): per sprite and axis
+    position c + a sin(2 pi t / p + phi) in the unit box (|a| <= min(c, 1 - c), so it never leaves it)."""
+
+    centres: tuple[tuple[float, float], ...]
+    amplitudes: tuple[tuple[float, float], ...]
+    periods: tuple[tuple[float, float], ...]
+    phases: tuple[tuple[float, float], ...]
+
+    def positions(self, t) -> np.ndarray:
+        """(len(t), n_sprites, 2) unit-box (x, y)."""
+        t = np.asarray(t, dtype=np.float64).reshape(-1, 1, 1)
+        c, a = np.array(self.centres), np.array(self.amplitudes)
+        p, f = np.array(self.periods), np.array(self.phases)
+        return c + a * np.sin(2 * math.pi * t / p + f)
+
+
+@dataclass(frozen=True)
 class Scene:
-    """A whole single-shot world: background, sprites and an optional slow brightness drift."""
+    """A whole single-shot world: background, sprites, an optional slow brightness drift, and optionally a
+    voice (the top sprite's size follows a sound) or a dance (the sprites follow a choreography)."""
 
     seed: int
     background: Background
@@ -66,15 +105,22 @@ class Scene:
     drift: float = 0.0  # amplitude of the background brightness oscillation (0 = static)
     drift_period: float = 300.0  # frames
     drift_phase: float = 0.0
+    voice: Voice | None = None
+    dance: Dance | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        return {k: v for k, v in d.items() if not (k in ("voice", "dance") and v is None)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Scene":
         bg = dict(d["background"], colours=tuple(d["background"]["colours"]))
         sprites = tuple(Sprite(**s) for s in d["sprites"])
         rest = {k: d[k] for k in ("drift", "drift_period", "drift_phase") if k in d}
+        if d.get("voice"):
+            rest["voice"] = Voice(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["voice"].items()})
+        if d.get("dance"):
+            rest["dance"] = Dance(**{k: tuple(tuple(x) for x in v) for k, v in d["dance"].items()})
         return cls(seed=int(d["seed"]), background=Background(**bg), sprites=sprites, **rest)
 
 
@@ -89,8 +135,10 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
-def make_scene(seed: int, max_sprites: int = 4, min_sprites: int = 1, drift: float = 0.0) -> Scene:
-    """Sample a scene deterministically from ``seed`` (same seed -> same scene, always)."""
+def make_scene(seed: int, max_sprites: int = 4, min_sprites: int = 1, drift: float = 0.0, voice: bool = False,
+               dance: bool = False) -> Scene:
+    """Sample a scene deterministically from ``seed`` (same seed -> same scene, always). `voice` / `dance` add
+    the talk / dance signal, drawn from their own child seeds (the rest of the scene is the same without)."""
     seed = _check_seed(seed)
     if not 1 <= min_sprites <= max_sprites <= len(SPRITE_COLOURS):
         raise ValueError(f"need 1 <= min_sprites <= max_sprites <= {len(SPRITE_COLOURS)}, "
@@ -112,7 +160,24 @@ def make_scene(seed: int, max_sprites: int = 4, min_sprites: int = 1, drift: flo
                               size=float(rng.uniform(0.07, 0.14)), x0=float(rng.uniform(0, 1)),
                               y0=float(rng.uniform(0, 1)), vx=float(speed[0]), vy=float(speed[1])))
     return Scene(seed, background, tuple(sprites), drift=float(drift),
-                 drift_period=float(rng.uniform(200, 400)), drift_phase=float(rng.uniform(0, 2 * math.pi)))
+                 drift_period=float(rng.uniform(200, 400)), drift_phase=float(rng.uniform(0, 2 * math.pi)),
+                 voice=_make_voice(derive_seed(seed, 101)) if voice else None,
+                 dance=_make_dance(derive_seed(seed, 102), n) if dance else None)
+
+
+def _make_voice(seed: int) -> Voice:
+    rng = np.random.default_rng(seed)
+    return Voice(periods=(float(rng.uniform(6, 14)), float(rng.uniform(16, 40))),
+                 phases=(float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0, 2 * math.pi))))
+
+
+def _make_dance(seed: int, num_sprites: int) -> Dance:
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0.25, 0.75, size=(num_sprites, 2))
+    a = np.minimum(c, 1 - c) * rng.uniform(0.6, 1.0, size=(num_sprites, 2))
+    p = rng.uniform(24, 64, size=(num_sprites, 2))
+    f = rng.uniform(0, 2 * math.pi, size=(num_sprites, 2))
+    return Dance(*(tuple(tuple(float(v) for v in row) for row in arr) for arr in (c, a, p, f)))
 
 
 @dataclass
@@ -152,6 +217,10 @@ def make_world(seed: int, scene_change_every: int | None = None, **options) -> S
     """A single scene, or a film script when ``scene_change_every`` is set."""
     if scene_change_every is None:
         return make_scene(seed, **options)
+    signals = [k for k in ("voice", "dance") if options.pop(k, False)]
+    if signals:
+        raise ValueError(f"a film script (scene_change_every={scene_change_every}) has no {' or '.join(signals)}: "
+                         f"the talk and dance worlds are single shots; leave scene_change_every null")
     return FilmScript(seed, scene_change_every, **options)
 
 
@@ -162,17 +231,38 @@ def _triangle(p: np.ndarray) -> np.ndarray:
 
 
 def sprite_positions(scene: Scene, frames) -> np.ndarray:
-    """Unit-box sprite positions, shape (len(frames), num_sprites, 2) as (x, y) in [0, 1]."""
+    """Unit-box sprite positions, shape (len(frames), num_sprites, 2) as (x, y) in [0, 1]: bouncing, or the
+    scene's choreography."""
+    if scene.dance is not None:
+        return scene.dance.positions(frames)
     t = np.asarray(frames, dtype=np.float64).reshape(-1, 1)
     x = _triangle(np.array([s.x0 for s in scene.sprites]) + t * np.array([s.vx for s in scene.sprites]))
     y = _triangle(np.array([s.y0 for s in scene.sprites]) + t * np.array([s.vy for s in scene.sprites]))
     return np.stack([x, y], axis=-1)
 
 
+def sprite_sizes(scene: Scene, frames) -> np.ndarray:
+    """Half-extents (fractions of the shorter side), shape (len(frames), num_sprites): the sprites' own sizes,
+    the top (last) one scaled by the voice's loudness in a voiced scene."""
+    t = np.asarray(frames, dtype=np.float64).reshape(-1)
+    sizes = np.tile(np.array([s.size for s in scene.sprites]), (len(t), 1))
+    if scene.voice is not None:
+        sizes[:, -1] *= 1.0 + scene.voice.depth * (2.0 * scene.voice.envelope(t + 0.5) - 1.0)
+    return sizes
+
+
+def max_sizes(scene: Scene) -> np.ndarray:
+    """The largest half-extent each sprite ever has (the voiced one at full loudness)."""
+    sizes = np.array([s.size for s in scene.sprites])
+    if scene.voice is not None:
+        sizes[-1] *= 1.0 + scene.voice.depth
+    return sizes
+
+
 def sprite_centres(scene: Scene, frames, height: int, width: int) -> np.ndarray:
     """Pixel centres (x, y): the unit box is mapped so that every sprite stays fully in frame."""
     pos = sprite_positions(scene, frames)
-    r = np.array([s.size for s in scene.sprites]) * min(height, width)
+    r = max_sizes(scene) * min(height, width)
     return np.stack([r + pos[..., 0] * (width - 2 * r), r + pos[..., 1] * (height - 2 * r)], axis=-1)
 
 
@@ -208,8 +298,8 @@ def _draw_sprites(frame: np.ndarray, scene: Scene, t: int, centres: np.ndarray |
     height, width = frame.shape[:2]
     if centres is None:
         centres = sprite_centres(scene, [t], height, width)[0]
-    for sprite, (cx, cy) in zip(scene.sprites, centres):
-        r = sprite.size * min(height, width)
+    for sprite, size, (cx, cy) in zip(scene.sprites, sprite_sizes(scene, [t])[0], centres):
+        r = size * min(height, width)
         x0, x1 = max(int(cx - r - 1), 0), min(int(cx + r + 2), width)
         y0, y1 = max(int(cy - r - 1), 0), min(int(cy + r + 2), height)
         dy, dx = np.meshgrid(np.arange(y0, y1) + 0.5 - cy, np.arange(x0, x1) + 0.5 - cx, indexing="ij")
@@ -265,6 +355,39 @@ def render(world: Scene | FilmScript, start: int, num_frames: int, height: int, 
     return out
 
 
+POSE_MARKER = 1.5  # pixel radius of a sprite's marker in the pose video
+SAMPLE_RATE = 16_000  # the toy sound's sample rate (Hz)
+
+
+def render_pose(world: Scene | FilmScript, start: int, num_frames: int, height: int, width: int) -> np.ndarray:
+    """The dance signal as a video, uint8 (N, H, W, 3): black frames with a small anti-aliased disc in each
+    sprite's colour at its centre (what a skeleton render is to a person), later sprites on top."""
+    _check_render_args(start, num_frames, height, width)
+    out = np.zeros((num_frames, height, width, 3), dtype=np.uint8)
+    yy, xx = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    for i, t in enumerate(range(int(start), int(start) + int(num_frames))):
+        scene, local_t, _ = _shot_of(world, t)
+        frame = np.zeros((height, width, 3))
+        for sprite, (cx, cy) in zip(scene.sprites, sprite_centres(scene, [local_t], height, width)[0]):
+            alpha = np.clip(POSE_MARKER - np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) + 0.5, 0.0, 1.0)[..., None]
+            frame = alpha * np.array(SPRITE_COLOURS[sprite.colour], dtype=np.float64) + (1.0 - alpha) * frame
+        out[i] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    return out
+
+
+def voice_samples(world: Scene | FilmScript, start: float, stop: float, fps: float,
+                  sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The talk signal as sound: float32 samples of frames [start, stop) (fractional frames allowed, negative
+    ones too: the voice is defined for all time) at `fps` video frames per second; silence without a voice."""
+    n = int(round((stop - start) * sample_rate / fps))
+    scene = _shot_of(world, max(int(math.floor(start)), 0))[0]
+    if scene.voice is None or n <= 0:
+        return np.zeros(max(n, 0), dtype=np.float32)
+    seconds = start / fps + np.arange(n) / sample_rate
+    env = scene.voice.envelope(seconds * fps)
+    return (0.5 * env * np.sin(2 * math.pi * scene.voice.carrier * seconds)).astype(np.float32)
+
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
@@ -276,7 +399,12 @@ def _scene_caption(scene: Scene) -> str:
     a, b = scene.background.colours
     bg = {"stripes": f"a striped {a} and {b} background", "checker": f"a checkered {a} and {b} background",
           "gradient": f"{_article(a)} {a} to {b} gradient background"}[scene.background.pattern]
+    if scene.dance is not None:
+        verb = "dances" if len(things) == 1 else "dance"
     text = f"{subject} {verb} across {bg}"
+    if scene.voice is not None:
+        top = scene.sprites[-1]
+        text += f", the {top.colour} {top.shape} pulsing with a sound"
     return text + ", slowly brightening and dimming" if scene.drift > 0 else text
 
 
@@ -312,14 +440,14 @@ def read_scenes(jsonl_path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _write_mp4(path: Path, world, num_frames: int, height: int, width: int, fps: int) -> None:
+def _write_mp4(path: Path, world, num_frames: int, height: int, width: int, fps: int, draw=render) -> None:
     import imageio.v2 as imageio
 
     writer = imageio.get_writer(str(path), fps=fps, codec="libx264", quality=8, macro_block_size=1,
                                 ffmpeg_log_level="error")
     try:
         for s in range(0, num_frames, _CHUNK):
-            for frame in render(world, s, min(_CHUNK, num_frames - s), height, width):
+            for frame in draw(world, s, min(_CHUNK, num_frames - s), height, width):
                 writer.append_data(frame)
     finally:
         writer.close()
@@ -328,11 +456,13 @@ def _write_mp4(path: Path, world, num_frames: int, height: int, width: int, fps:
 def write_dataset(out_dir, num_videos: int, num_frames: int = 81, height: int = 64, width: int = 64,
                   fps: int = 16, seed: int = 0, category: str = "toyworld", film: bool = False,
                   scene_change_every: int | None = None, max_sprites: int = 4, drift: float = 0.0,
-                  progress: bool = True) -> dict:
+                  voice: bool = False, dance: bool = False, progress: bool = True) -> dict:
     """Write ``num_videos`` toy videos in the official SVI layout plus ``scenes.jsonl``.
 
     Film mode cuts to a new scene every ``scene_change_every`` frames (default: a third of the
-    video); setting ``scene_change_every`` alone also turns film mode on.
+    video); setting ``scene_change_every`` alone also turns film mode on. `voice` writes each video's sound
+    as ``<name>.wav`` (16 kHz, the `audio` column: condition=talk); `dance` its pose video as
+    ``<name>_pose.mp4`` (the `pose` column: condition=dance).
     """
     from tqdm.auto import tqdm
 
@@ -347,6 +477,8 @@ def write_dataset(out_dir, num_videos: int, num_frames: int = 81, height: int = 
         raise ValueError(f"category must be a plain folder name, got {category!r}")
     seed = _check_seed(seed)
     film = bool(film) or scene_change_every is not None
+    if film and (voice or dance):
+        raise ValueError("voice and dance worlds are single shots: set film=false and scene_change_every=null")
     if film and scene_change_every is None:
         scene_change_every = max(1, -(-num_frames // 3))
     folder = Path(out_dir) / category
@@ -355,15 +487,27 @@ def write_dataset(out_dir, num_videos: int, num_frames: int = 81, height: int = 
     videos = []
     with open(csv_path, "w", newline="") as fc, open(jsonl_path, "w") as fj:
         table = csv.writer(fc)
-        table.writerow(CSV_COLUMNS)
+        table.writerow(CSV_COLUMNS + ("audio",) * bool(voice) + ("pose",) * bool(dance))
         for i in tqdm(range(num_videos), desc=f"writing {category}", unit="video", disable=not progress):
             video_seed = derive_seed(seed, i)
-            options = dict(max_sprites=max_sprites, drift=drift)
+            options = dict(max_sprites=max_sprites, drift=drift, **({"voice": True} if voice else {}),
+                           **({"dance": True} if dance else {}))
             world = make_world(video_seed, scene_change_every if film else None, **options)
             name = f"{category}_{i:05d}.mp4"
             _write_mp4(folder / name, world, num_frames, height, width, fps)
             text = caption(world, num_frames)
-            table.writerow([f"{category} {i:05d}", text, "", "", name])
+            signals = []
+            if voice:
+                import soundfile
+
+                soundfile.write(folder / name.replace(".mp4", ".wav"), voice_samples(world, 0, num_frames, fps),
+                                SAMPLE_RATE, subtype="PCM_16")
+                signals.append(name.replace(".mp4", ".wav"))
+            if dance:
+                _write_mp4(folder / name.replace(".mp4", "_pose.mp4"), world, num_frames, height, width, fps,
+                           draw=render_pose)
+                signals.append(name.replace(".mp4", "_pose.mp4"))
+            table.writerow([f"{category} {i:05d}", text, "", "", name, *signals])
             row = {"filename": name, "seed": video_seed, "num_frames": num_frames, "height": height,
                    "width": width, "fps": fps, "film": film, "caption": text,
                    "captions": captions_per_shot(world, num_frames)}
