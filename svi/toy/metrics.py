@@ -11,7 +11,8 @@ background and where every sprite is. Per frame (8-bit RGB, H x W):
               8-bit rounding noise (`HF_FLOOR`), so flat backgrounds do not divide by ~0 (1 = same
               sharpness; below 1 = blur, above 1 = noise).
 * `objects`   how many of the scene's sprite colours are present: >= `present_fraction` of the true
-              sprite area among pixels within `colour_tol` of that colour. `object_loss` = true count - objects.
+              sprite area among pixels within `colour_tol` of that colour (in a voiced world, of the sprite's
+              own area before the sound scales it). `object_loss` = true count - objects.
 * `speed`     mean centroid speed (px/frame) of the present sprite colours; `gt_speed` the true one.
 * `psnr_gt`   full-frame PSNR against the true continuation (saturates once trajectories diverge).
 * `world_rmse` full-frame RMSE to the nearest valid world frame: the true background with every sprite
@@ -152,6 +153,9 @@ def frame_metrics(world, frames: np.ndarray, start: int, margin: float = 1.5, co
             colour = np.array(SPRITE_COLOURS[sprite.colour], dtype=np.float64)
             match = np.linalg.norm(g - colour, axis=-1) < colour_tol
             area = max(int(m.sum()), 1)
+            if scene.voice is not None:  # presence must not depend on the true size the sound gives it, or the
+                r = sprite.size * min(H, W)  # present frames would be picked by that size (a biased toy sync)
+                area = math.pi * r * r if sprite.shape == "disc" else 4 * r * r
             ok = match.sum() >= present_fraction * area
             present += int(ok)
             if ok:

@@ -154,6 +154,21 @@ def test_ground_truth_scores_perfect_sync_and_pose_and_a_frozen_video_does_not()
     assert plain.per_video == {} and np.isnan(plain.per_clip["size"]).all()
 
 
+def test_toy_sync_is_not_biased_by_which_frames_count_as_present():
+    """A top sprite of constant size that fades in and out at random follows nothing: its sync is ~0 (the
+    presence threshold must not depend on the true, sound-driven size)."""
+    import dataclasses
+
+    worlds = heldout_worlds(ToyWorldSpec(voice=True), seed=0, num_videos=12)
+    silent = [dataclasses.replace(w, voice=None) for w in worlds]
+    video = ground_truth(silent, 81, 32, 32).astype(float)
+    without = ground_truth([dataclasses.replace(w, sprites=w.sprites[:-1]) for w in silent], 81, 32, 32)
+    fade = np.random.default_rng(0).uniform(0.2, 1.0, size=(12, 81, 1, 1, 1))
+    faded = (without + fade * (video - without)).round().clip(0, 255).astype(np.uint8)
+    sync = evaluate_videos(faded, worlds, 4).per_video["toy_sync"]
+    assert abs(np.nanmean(sync)) < 0.08 and np.isfinite(sync).sum() >= 10
+
+
 @pytest.mark.parametrize("name,world", [("toy_talk", {"voice": True}), ("toy_dance", {"dance": True})])
 def test_rollouts_feed_each_clip_its_signal_to_the_adapters(toy_stack, name, world):
     from svi.sampling.svi_clip import SVIClipSampler
