@@ -69,7 +69,13 @@ class GenerateSchema:
 
 
 def register_configs() -> None:
+    from svi.config import register_schema
+    from svi.sampling.fifo import FIFOSampler
+    from svi.sampling.miga import MIGASampler
+
     ConfigStore.instance().store(name="generate_schema", node=GenerateSchema)
+    register_schema("sampler", "fifo_schema", FIFOSampler)  # conf/sampler/fifo.yaml is checked at compose
+    register_schema("sampler", "miga_schema", MIGASampler)
 
 
 register_configs()
