@@ -24,6 +24,7 @@ class ExtractorPaths:
     clip_b32: Optional[str] = None  # transformers CLIP (ViT-B/32) directory with the visual projection
     clip_l14: Optional[str] = None  # transformers CLIP (ViT-L/14) directory with the visual projection
     laion_head: Optional[str] = None  # LAION aesthetic head: nn.Linear(768, 1) state dict (.pth | .safetensors)
+    interpolator: Optional[str] = None  # TorchScript frame interpolator (AMT-S export): motion smoothness
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from svi.metrics import builtin  # noqa: F401  (registers the metrics svi ships, in report order)
+from svi.metrics import motion  # noqa: F401  (motion smoothness)
 from svi.metrics import learned, pixel
 from svi.metrics.config import MetricsConfig, metrics_config
 from svi.metrics.drift import summarise
@@ -117,6 +118,8 @@ def build_extractors(cfg: MetricsConfig, names: Sequence[str], device: str = "cp
                                                  batch_size=cfg.batch_size),
         "aesthetic": lambda: learned.LaionAesthetic(paths.clip_l14, paths.laion_head, device=device,
                                                     batch_size=cfg.batch_size),
+        "interpolator": lambda: motion.TorchScriptInterpolator(paths.interpolator, device=device,
+                                                               batch_size=cfg.batch_size),
     }
     out = {}
     for need in sorted({METRICS[n].needs for n in names} & set(makers)):

@@ -149,7 +149,7 @@ def test_register_metric_refuses_what_would_fail_later(registry):
 
 
 def test_the_registry_is_complete_and_documented():
-    assert len(METRICS) == 16 and set(METRIC_CLASSES) == set(METRICS)
+    assert len(METRICS) == 18 and set(METRIC_CLASSES) == set(METRICS)
     for name, info in METRICS.items():
         assert info.name == name and info in METRIC_CLASSES[name].info
     assert WEIGHT_FREE == [n for n, m in METRICS.items() if m.needs in (None, "gt")]
@@ -234,7 +234,8 @@ def test_each_metric_alone_gives_exactly_what_it_gives_among_all():
     of its members only)."""
     video, gt, segs = ArrayVideo(frames()), ArrayVideo(frames()[::-1].copy()), segments_from_counts(COUNTS)
     extractors = {"dino": features(1.0), "clip_b32": features(2.0),
-                  "aesthetic": lambda x: x.double().flatten(1).mean(dim=1)}
+                  "aesthetic": lambda x: x.double().flatten(1).mean(dim=1),
+                  "interpolator": lambda x: 0.25 * x[:-2] + 0.75 * x[2:]}
 
     def latents(x, s):
         return torch.randn(16, 1 + (len(x) - 1) // 4, 3, 3, generator=torch.Generator().manual_seed(s.index))
