@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from svi.metrics.learned import Unavailable
-from svi.metrics.registry import (EvalContext, Metric, MetricInfo, SegmentInputs, finite_mean, register_metric,
-                                  segment_means)
+from svi.metrics.registry import (EvalContext, Metric, MetricInfo, SegmentInputs, finite_mean,
+                                  register_metric, segment_means)
 from svi.metrics.video import Segment
 
 ENV_VAR = "SVI_INTERPOLATOR"
@@ -75,7 +75,8 @@ class TorchScriptInterpolator:
         try:
             self.model = torch.jit.load(str(Path(path).expanduser()), map_location=device).eval()
         except RuntimeError as err:
-            raise Unavailable(f"metrics.extractors.interpolator={path} is not a TorchScript module: {err}") from err
+            raise Unavailable(f"metrics.extractors.interpolator={path} is not a TorchScript module: "
+                              f"{err}") from err
         self.device, self.batch_size = device, batch_size
 
     @torch.no_grad()
@@ -121,8 +122,8 @@ class _Smoothness(Metric):
 @register_metric
 class MotionSmoothness(_Smoothness):
     info = (MetricInfo("motion_smoothness", "", True, True, "interpolator",
-                       "VBench motion smoothness: (255 - mean|I_t - interp(I_t-1, I_t+1)|) / 255 at odd frames "
-                       "(a frame-interpolation model from a local file)"),)
+                       "VBench motion smoothness: (255 - mean|I_t - interp(I_t-1, I_t+1)|) / 255 at odd "
+                       "frames (a frame-interpolation model from a local file)"),)
 
     def predict(self, inputs: SegmentInputs, ctx: EvalContext) -> Tensor:
         return inputs.features["interpolator"]

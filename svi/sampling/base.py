@@ -1,4 +1,4 @@
-"""One interface for long-video samplers (SVI clip by clip now; FIFO-Diffusion and MIGA share it).
+"""One interface for long-video samplers: SVI clip by clip, FIFO-Diffusion and MIGA.
 
 SVI, FIFO-Diffusion and MIGA are all "grouped diagonal schedules": latents at noise levels one step
 apart, denoised by one network through windows, emitted in order. What differs is how the queue is laid

@@ -77,7 +77,8 @@ class StreamingDecoder:
         frames = []
         for i in range(x.shape[2]):
             first = self.decoded + i == 0
-            frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=self._cache, feat_idx=[0], first_chunk=first))
+            frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=self._cache, feat_idx=[0],
+                                      first_chunk=first))
         out = torch.cat(frames, dim=2)
         if vae.config.patch_size is not None:
             from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
@@ -123,8 +124,8 @@ class StreamingDecoder:
             if len(kinds) != len(self._cache):
                 raise ValueError(f"decoder cache has {len(kinds)} entries, this VAE needs {len(self._cache)}")
             device = self.vae.device
-            self._cache = [None if k == _NONE else "Rep" if k == _REP else state[f"{prefix}cache.{i}"].to(device)
-                           for i, k in enumerate(kinds)]
+            self._cache = [None if k == _NONE else "Rep" if k == _REP
+                           else state[f"{prefix}cache.{i}"].to(device) for i, k in enumerate(kinds)]
         elif f"{prefix}tail" in state:
             self._tail = state[f"{prefix}tail"].to(device=self.vae.device, dtype=self.vae.dtype)
 

@@ -131,7 +131,8 @@ class WindowConditioner:
             return None if v is None else v.repeat(copies, *([1] * (v.ndim - 1)))
 
         y = None if self.y_ref is None else rep(self.y_ref[:, :, :length])
-        return WindowCond(y=y, text=rep(t.text), negative_text=rep(t.negative), image=rep(self.image), cfg=t.cfg)
+        return WindowCond(y=y, text=rep(t.text), negative_text=rep(t.negative), image=rep(self.image),
+                          cfg=t.cfg)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,16 +189,18 @@ class DiagonalSampler(LongVideoSampler):
 
     supports_t2v = True
 
-    def __init__(self, condition=None, flow: Any = None, window: int | None = None, chunk_latents: int | None = None,
-                 window_batch: int = 1, quantize: Any = "truncate", use_lora: bool = True, progress: bool = True,
-                 name: str = "diagonal"):
+    def __init__(self, condition=None, flow: Any = None, window: int | None = None,
+                 chunk_latents: int | None = None, window_batch: int = 1, quantize: Any = "truncate",
+                 use_lora: bool = True, progress: bool = True, name: str = "diagonal"):
         quantize = getattr(quantize, "value", quantize)
         if quantize not in QUANTIZE:
             raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
         if window is not None and window < 2:
-            raise ValueError(f"sampler.window must be >= 2 latent frames (or null = the clip's), got {window}")
+            raise ValueError(f"sampler.window must be >= 2 latent frames (or null = the clip's), "
+                             f"got {window}")
         if chunk_latents is not None and chunk_latents < 1:
-            raise ValueError(f"sampler.chunk_latents must be >= 1 (or null = the window), got {chunk_latents}")
+            raise ValueError(f"sampler.chunk_latents must be >= 1 (or null = the window), "
+                             f"got {chunk_latents}")
         if window_batch < 1:
             raise ValueError(f"sampler.window_batch must be >= 1, got {window_batch}")
         if condition is not None and getattr(condition, "extra_fields", ()):
@@ -228,7 +231,7 @@ class DiagonalSampler(LongVideoSampler):
         return int(self.window) if self.window is not None else 1 + (num_frames - 1) // 4
 
     def output_latents(self, request: GenerationRequest) -> int:
-        """N: `total_frames` rounded up to whole latents; by default one window of latents per schedule entry."""
+        """N: `total_frames` rounded up to whole latents; by default one window of latents per entry."""
         if request.total_frames is not None:
             return latents_for_frames(request.total_frames)
         return request.num_clips * self.window_latents(request.num_frames)
@@ -260,8 +263,9 @@ class DiagonalSampler(LongVideoSampler):
             raise ValueError(f"sampler.window must be >= 2 latent frames, got {f} (num_frames=1+4k, k >= 1, "
                              f"or set sampler.window)")
         if max_window is not None and f > max_window:
-            raise ValueError(f"sampler.window={f} latent frames exceeds the {max_window} temporal positions the "
-                             f"backbone's rotary embedding covers (rope_max_seq_len); valid range: 2..{max_window}")
+            raise ValueError(f"sampler.window={f} latent frames exceeds the {max_window} temporal positions "
+                             f"the backbone's rotary embedding covers (rope_max_seq_len); valid range: "
+                             f"2..{max_window}")
 
     @abstractmethod
     def steps(self, window: int) -> int:
@@ -288,14 +292,15 @@ class DiagonalSampler(LongVideoSampler):
         device = self.stack.transformer.device
         probe = self.stack.encode_video(torch.zeros(1, 3, 1, height, width))  # one frame: the latent grid
         latent_shape = (self.stack.latent_channels, *probe.shape[-2:])
-        conditioner = WindowConditioner(self.stack, self.condition, None if ref is None else ref.to(device), f, texts)
+        ref = None if ref is None else ref.to(device)
+        conditioner = WindowConditioner(self.stack, self.condition, ref, f, texts)
         sigmas = level_sigmas(self.steps(f), self.flow.shift).to(device)
         return Run(batch=batch, latent_shape=latent_shape, window=f, num_latents=num_latents,
                    seed=int(seed), sigmas=sigmas, conditioner=conditioner, clip_latents=f, device=device,
                    progress=self.progress)
 
     def base_clip(self, run: Run, num_latents: int | None = None) -> Tensor:
-        """An ordinary clip of `num_latents` (default f) latents, all T steps, scalar sigma: (B, n, C, h, w)."""
+        """An ordinary clip of `num_latents` (default f) latents, all T steps, scalar sigma: (B, n, C, h, w)"""
         n = num_latents or run.window
         cond = run.conditioner.first_clip(n)
         x = latent_noise(run.seed, 0, (run.batch, *run.latent_shape[:1], n, *run.latent_shape[1:]), "base")
@@ -306,7 +311,7 @@ class DiagonalSampler(LongVideoSampler):
         return x.transpose(1, 2).contiguous()  # latent-major (B, n, C, h, w)
 
     def noised(self, run: Run, x0: Tensor, levels: Sequence[int], index: int, stream: str) -> Tensor:
-        """x0 (B, n, C, h, w) forward-noised to `levels` (one per latent) with fresh noise from (index, stream)."""
+        """x0 (B, n, C, h, w) forward-noised to `levels` (one per latent), fresh noise from (index, stream)."""
         sig = run.sigmas[torch.as_tensor(list(levels), device=run.device)].view(1, -1)  # (1, n)
         eps = run.noise(index, x0.shape[1], stream)
         return add_noise(x0.transpose(1, 2), eps.transpose(1, 2), sig.expand(x0.shape[0], -1)).transpose(1, 2)
@@ -329,7 +334,8 @@ class DiagonalSampler(LongVideoSampler):
                 xw = xw.transpose(0, 1).reshape(len(batch) * B, length, *x.shape[2:]).transpose(1, 2)
                 sig = run.sigmas[levels[idx]]  # (W, L)
                 sig_b = sig.repeat_interleave(B, dim=0)  # (W*B, L), window-major like xw
-                v = self.denoiser(xw, sig_b, run.conditioner(length, clip, copies=len(batch)))  # (W*B, C, L, h, w)
+                cond = run.conditioner(length, clip, copies=len(batch))
+                v = self.denoiser(xw, sig_b, cond)  # (W*B, C, L, h, w)
                 v = v.view(len(batch), B, *v.shape[1:])
                 for i, w in enumerate(batch):
                     pos = torch.tensor(w.commit, device=x.device)
@@ -340,7 +346,8 @@ class DiagonalSampler(LongVideoSampler):
         return out
 
     # -- running ----------------------------------------------------------------------------------
-    def latents(self, run: Run, state: dict[str, Tensor] | None = None) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+    def latents(self, run: Run,
+                state: dict[str, Tensor] | None = None) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
         """Yield (finished latents (B, n, C, h, w), the state after them) until N latents have finished;
         the last yield is trimmed to exactly N."""
         if state is None:
@@ -382,7 +389,8 @@ class DiagonalSampler(LongVideoSampler):
         else:
             state, pending = None, None
         index, written = start, frames_for_latents(start * size) if start else 0
-        source = self.latents(run, state) if state is None or int(state["emitted"]) < run.num_latents else iter(())
+        finished = state is not None and int(state["emitted"]) >= run.num_latents
+        source = iter(()) if finished else self.latents(run, state)
         exhausted = False
         while True:
             while (pending is None or pending.shape[1] < size) and not exhausted:
@@ -401,7 +409,8 @@ class DiagonalSampler(LongVideoSampler):
             first = index * size
             state_carry = {f"state.{k}": v.detach().cpu().clone() for k, v in state.items()}
             yield Chunk(index=index, frames=frames, cursor=index + 1,
-                        carry={**state_carry, "pending": pending.detach().cpu().clone(), **decoder.state_dict()},
+                        carry={**state_carry, "pending": pending.detach().cpu().clone(),
+                               **decoder.state_dict()},
                         info={"chunk": index, "latents": [first, first + take.shape[1]], "seed": run.seed},
                         latents=take.transpose(1, 2).detach().cpu())
             index += 1

@@ -87,11 +87,13 @@ class FIFOSampler(DiagonalSampler):
 
     def __init__(self, condition=None, flow=None, partitions: int = 4, lookahead: bool = True,
                  window: int | None = None, chunk_latents: int | None = None, window_batch: int = 1,
-                 quantize: Any = "truncate", use_lora: bool = True, progress: bool = True, name: str = "fifo"):
+                 quantize: Any = "truncate", use_lora: bool = True, progress: bool = True,
+                 name: str = "fifo"):
         if partitions < 1:
             raise ValueError(f"sampler.partitions (n) must be >= 1, got {partitions}")
         super().__init__(condition=condition, flow=flow, window=window, chunk_latents=chunk_latents,
-                         window_batch=window_batch, quantize=quantize, use_lora=use_lora, progress=progress, name=name)
+                         window_batch=window_batch, quantize=quantize, use_lora=use_lora, progress=progress,
+                         name=name)
         self.partitions = partitions
         self.lookahead = lookahead
 

@@ -169,9 +169,11 @@ class MIGASampler(DiagonalSampler):
                  guidance: bool = True, reflection: bool = True, reflect_threshold: float = 0.01,
                  candidates: int = 3, judge_level: int = 10, reference_groups: int = 2,
                  window: int | None = None, chunk_latents: int | None = None, window_batch: int = 1,
-                 quantize: Any = "truncate", use_lora: bool = True, progress: bool = True, name: str = "miga"):
+                 quantize: Any = "truncate", use_lora: bool = True, progress: bool = True,
+                 name: str = "miga"):
         super().__init__(condition=condition, flow=flow, window=window, chunk_latents=chunk_latents,
-                         window_batch=window_batch, quantize=quantize, use_lora=use_lora, progress=progress, name=name)
+                         window_batch=window_batch, quantize=quantize, use_lora=use_lora, progress=progress,
+                         name=name)
         if memory_rule not in MEMORY_RULES:
             raise ValueError(f"sampler.memory_rule must be one of {MEMORY_RULES}, got {memory_rule!r}")
         for knob, value, low in (("group", group, 1), ("memory", memory, 0), ("stride", stride, 1),
@@ -215,12 +217,14 @@ class MIGASampler(DiagonalSampler):
         T, L, m, s = self.steps(f), self.group, self.memory, self.stride
         D = f - m
         if m >= f:
-            raise ValueError(f"sampler.memory={m} leaves no dense latent in a window of {f}; valid range: 0..{f - 1}")
+            raise ValueError(f"sampler.memory={m} leaves no dense latent in a window of {f}; "
+                             f"valid range: 0..{f - 1}")
         if L > D:
-            raise ValueError(f"sampler.group (L_zig)={L} does not fit the window's {D} dense latents (window {f} - "
-                             f"memory {m}); valid range: 1..{D}")
+            raise ValueError(f"sampler.group (L_zig)={L} does not fit the window's {D} dense latents "
+                             f"(window {f} - memory {m}); valid range: 1..{D}")
         if s > D:
-            raise ValueError(f"sampler.stride={s} exceeds the window's {D} dense latents; valid range: 1..{D}")
+            raise ValueError(f"sampler.stride={s} exceeds the window's {D} dense latents; "
+                             f"valid range: 1..{D}")
         if self.stage2_steps >= T:
             raise ValueError(f"sampler.stage2_steps (tau_e)={self.stage2_steps} leaves no Stage-1 step of "
                              f"flow.num_inference_steps={T}; valid range: 0..{T - 1}")
@@ -231,19 +235,22 @@ class MIGASampler(DiagonalSampler):
                              f"flow.num_inference_steps (or sampler.group)")
         if self.reflection and self.judge_level + self.reference_groups > K1 - 1:
             hi = K1 - 1 - self.reference_groups
-            raise ValueError(f"sampler.judge_level={self.judge_level} with reference_groups={self.reference_groups} "
-                             f"does not fit the {K1} Stage-1 levels; valid range: 1..{max(hi, 0)}"
+            raise ValueError(f"sampler.judge_level={self.judge_level} with reference_groups="
+                             f"{self.reference_groups} does not fit the {K1} Stage-1 levels; "
+                             f"valid range: 1..{max(hi, 0)}"
                              + (" (none: lower reference_groups or stage2_steps)" if hi < 1 else ""))
         if self.stage2_steps:
             block, overlap = self.block_sizes(f)
             if overlap < 0 or block <= overlap:
-                raise ValueError(f"sampler.stage2_block={block} must exceed sampler.stage2_overlap={overlap} >= 0")
+                raise ValueError(f"sampler.stage2_block={block} must exceed "
+                                 f"sampler.stage2_overlap={overlap} >= 0")
             if not 0 <= self.stage2_context < f:
-                raise ValueError(f"sampler.stage2_context={self.stage2_context} must be in 0..{f - 1} (window {f})")
+                raise ValueError(f"sampler.stage2_context={self.stage2_context} must be in 0..{f - 1} "
+                                 f"(window {f})")
             if s > f - self.stage2_context:
-                raise ValueError(f"sampler.stride={s} exceeds the {f - self.stage2_context} latents a Stage-2 window "
-                                 f"commits (window {f} - stage2_context {self.stage2_context}); valid range: "
-                                 f"1..{f - self.stage2_context}")
+                raise ValueError(f"sampler.stride={s} exceeds the {f - self.stage2_context} latents a Stage-2 "
+                                 f"window commits (window {f} - stage2_context {self.stage2_context}); "
+                                 f"valid range: 1..{f - self.stage2_context}")
 
     # -- state ------------------------------------------------------------------------------------
     def target_latents(self, run: Run) -> int:
@@ -261,8 +268,8 @@ class MIGASampler(DiagonalSampler):
         return {"q": q, "qlev": torch.tensor(levels, device=run.device), "q_first": torch.tensor(0),
                 "appended": torch.tensor(G0 * L), "iteration": torch.tensor(0),
                 "score": torch.full((run.batch,), float("nan"), device=run.device),
-                "s2": empty, "s2_first": torch.tensor(0), "ctx": empty, "searches": torch.tensor(0),
-                "accepted": torch.tensor(0)}
+                "s2": empty, "s2_first": torch.tensor(0), "ctx": empty, "judged": torch.tensor(0),
+                "searches": torch.tensor(0), "accepted": torch.tensor(0)}
 
     # -- one iteration ------------------------------------------------------------------------
     def advance(self, state: dict[str, Tensor], run: Run) -> Tensor | None:
@@ -329,14 +336,15 @@ class MIGASampler(DiagonalSampler):
             for p in range(self.stage2_steps):
                 offset = p % self.stride if self.dynamic_offset else 0
                 windows = context_windows(c, n, f, self.stride, offset, self.stage2_context)
-                A = self.jacobi_pass(A, levels, windows, run, lambda w: run.clip_of(first + w.committed_slots[0] - c))
+                A = self.jacobi_pass(A, levels, windows, run,
+                                     lambda w: run.clip_of(first + w.committed_slots[0] - c))
                 levels[c:] += 1
             X = A[:, c:]
         return X
 
     # -- self-reflection --------------------------------------------------------------------------
     def reflect(self, state: dict[str, Tensor], run: Run) -> None:
-        """Judge the group at `judge_level` against the groups before it; search the tail if its score dropped."""
+        """Judge the group at `judge_level` against the groups before it; search the tail if it dropped."""
         L, H, G = self.group, self.judge_level, self.reference_groups
         qlev = state["qlev"]
         if qlev.numel() == 0 or int(qlev[-1]) != 1 or int(qlev[0]) < H + G:
@@ -346,8 +354,9 @@ class MIGASampler(DiagonalSampler):
         refs, judged = q[:, j0 - G * L:j0], q[:, j0:j0 + L]
         score = consistency_score(judged, refs)
         fire = reflection_triggered(state["score"], score, self.reflect_threshold)
+        state["judged"] = state["judged"] + int(torch.isfinite(state["score"]).sum())  # with a predecessor
         if bool(fire.any()):
-            state["searches"] = state["searches"] + 1
+            state["searches"] = state["searches"] + int(fire.sum())
             best, best_score = self.search(refs, qlev[j0 - G * L:j0], int(state["q_first"]) + j0, run)
             accept = fire & (best_score > score)  # (B,)
             if bool(accept.any()):
@@ -359,7 +368,7 @@ class MIGASampler(DiagonalSampler):
         state["score"] = score
 
     def search(self, guides: Tensor, guide_levels: Tensor, index: int, run: Run) -> tuple[Tensor, Tensor]:
-        """The best of `candidates` tails per video (B, H L, C, h, w) and its score (B,) against the guides."""
+        """The best of `candidates` tails per video (B, H L, C, h, w) and its score (B,) against guides."""
         best = best_score = None
         for c in range(self.candidates):
             tail = self.candidate(c, guides, guide_levels, index, run)

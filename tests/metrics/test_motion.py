@@ -1,4 +1,4 @@
-"""Motion smoothness (VBench's definition) with a TorchScript interpolator, and its weight-free blend proxy."""
+"""Motion smoothness (VBench's definition) with a TorchScript interpolator, and the weight-free blend proxy."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,8 @@ import torch
 from svi.metrics import ArrayVideo, evaluate_video, metrics_config, segments_from_counts
 from svi.metrics.motion import TorchScriptInterpolator, blend_midpoints, smoothness_from_prediction
 
-BOTH = metrics_config({"include": ["motion_smoothness", "motion_smoothness_blend", "flicker"], "plots": False})
+BOTH = metrics_config({"include": ["motion_smoothness", "motion_smoothness_blend", "flicker"],
+                       "plots": False})
 
 
 class Blend(torch.nn.Module):
@@ -48,18 +49,19 @@ def test_blend_is_exact_on_linear_fades_and_zero_on_alternation():
 
 def test_a_torchscript_interpolator_gives_the_vbench_score(interpolator):
     rng = np.random.default_rng(0)
-    video = (rng.integers(0, 128, (10, 20, 24, 3)) * 2).astype(np.uint8)  # even: exact midpoints; 20 x 24 is padded
+    video = (rng.integers(0, 128, (10, 20, 24, 3)) * 2).astype(np.uint8)  # even: exact midpoints; padded
     interp = TorchScriptInterpolator(str(interpolator), batch_size=3)
     frames = torch.from_numpy(video).permute(0, 3, 1, 2).float() / 255
     assert torch.allclose(interp(frames), blend_midpoints(frames), atol=1e-6)
-    r = evaluate_video(ArrayVideo(video), segments_from_counts([5, 5]), BOTH, extractors={"interpolator": interp})
+    r = evaluate_video(ArrayVideo(video), segments_from_counts([5, 5]), BOTH,
+                       extractors={"interpolator": interp})
     assert r.unavailable == {}
     assert r.video["motion_smoothness"] == pytest.approx(r.video["motion_smoothness_blend"], abs=1e-9)
     f = r.per_frame["motion_smoothness"]
-    assert np.isnan(f[[0, 2, 4, 5, 6, 8, 9]]).all() and np.isfinite(f[[1, 3, 7]]).all()  # interiors, odd frames
+    assert np.isnan(f[[0, 2, 4, 5, 6, 8, 9]]).all() and np.isfinite(f[[1, 3, 7]]).all()  # odd interiors
     odd = [1, 3, 7]
-    expected = [1 - np.abs(video[t].astype(float) - np.round((video[t - 1].astype(float) + video[t + 1]) / 2)).mean()
-                / 255 for t in odd]
+    v = video.astype(float)
+    expected = [1 - np.abs(v[t] - np.round((v[t - 1] + v[t + 1]) / 2)).mean() / 255 for t in odd]
     assert f[odd] == pytest.approx(expected, abs=1e-6)
 
 

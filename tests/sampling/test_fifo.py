@@ -42,7 +42,8 @@ def test_lookahead_windows_odd_f_alternate_commit_lengths():
 
 def test_partitions_without_lookahead():
     assert fifo_padding(4, False) == 0
-    assert _table(fifo_windows(4, 2, lookahead=False)) == [((4, 5, 6, 7), (4, 5, 6, 7)), ((0, 1, 2, 3), (0, 1, 2, 3))]
+    assert _table(fifo_windows(4, 2, lookahead=False)) == [((4, 5, 6, 7), (4, 5, 6, 7)),
+                                                           ((0, 1, 2, 3), (0, 1, 2, 3))]
     assert fifo_levels(3, 2, lookahead=False) == [5, 4, 3, 2, 1, 0]
 
 

@@ -21,8 +21,8 @@ def _inputs(T=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 16, T, 4, 4, generator=g)
     cond = WindowCond(y=torch.randn(1, 20, T, 4, 4, generator=g), text=torch.randn(1, 512, 32, generator=g),
-                      negative_text=torch.randn(1, 512, 32, generator=g), image=torch.randn(1, 257, 24, generator=g),
-                      cfg=4.0)
+                      negative_text=torch.randn(1, 512, 32, generator=g),
+                      image=torch.randn(1, 257, 24, generator=g), cfg=4.0)
     return x, cond
 
 
@@ -60,11 +60,12 @@ def reference():
 
 def test_a_window_gets_the_reference_padding_sliced_to_its_length(stack, reference):
     text = torch.randn(2, 512, 32)
-    conditioner = WindowConditioner(stack, Condition(), reference, window=4, texts=lambda c: ClipText(text, None, 1.0))
+    conditioner = WindowConditioner(stack, Condition(), reference, window=4,
+                                    texts=lambda c: ClipText(text, None, 1.0))
     cond = conditioner(3, clip=0, copies=2)  # two windows of 3 latents, batch window-major
     assert cond.y.shape == (4, 20, 3, 4, 4) and cond.text.shape == (4, 512, 32) and cond.negative_text is None
     assert torch.equal(cond.y[:, :4], torch.zeros(4, 4, 3, 4, 4))  # mask 0: nothing known
-    padded = stack.encode_video(reference.unsqueeze(2).expand(-1, -1, 13, -1, -1))  # 4 latents of the reference
+    padded = stack.encode_video(reference.unsqueeze(2).expand(-1, -1, 13, -1, -1))  # 4 latents of the ref.
     assert torch.equal(cond.y[:2, 4:], padded[:, :, :3]) and torch.equal(cond.y[2:, 4:], padded[:, :, :3])
     # Wan's VAE is causal: the first 3 latents of a 4-latent encoding are those of a 3-latent video
     short = stack.encode_video(reference.unsqueeze(2).expand(-1, -1, 9, -1, -1))
@@ -88,7 +89,8 @@ def test_text_to_video_stack_has_no_condition(reference):
                             "transformer": {**base["transformer"], **cfg["transformer"]}})
     assert not t2v.is_i2v and t2v.image_encoder is None and t2v.encode_image(reference) is None
     text = t2v.encode_text(["a cat", "a dog"])
-    conditioner = WindowConditioner(t2v, Condition(), None, window=3, texts=lambda c: ClipText(text, None, 1.0))
+    conditioner = WindowConditioner(t2v, Condition(), None, window=3,
+                                    texts=lambda c: ClipText(text, None, 1.0))
     cond = conditioner(3, clip=0)
     assert cond.y is None and cond.image is None
     x = torch.randn(2, 16, 3, 4, 4)

@@ -21,9 +21,9 @@ GEOMETRY = ["num_frames=9", "height=32", "width=32", "progress=false", "flow.shi
 SAMPLERS = {
     "fifo": ["sampler=fifo", "sampler.partitions=2", "sampler.chunk_latents=2"],
     "miga": ["sampler=miga", "flow.num_inference_steps=6", "sampler.group=1", "sampler.memory=1",
-             "sampler.stride=1", "sampler.stage2_steps=2", "sampler.judge_level=1", "sampler.reference_groups=1",
-             "sampler.reflect_threshold=0.0", "sampler.stage2_block=4", "sampler.stage2_overlap=1",
-             "sampler.chunk_latents=2"],
+             "sampler.stride=1", "sampler.stage2_steps=2", "sampler.judge_level=1",
+             "sampler.reference_groups=1", "sampler.reflect_threshold=0.0", "sampler.stage2_block=4",
+             "sampler.stage2_overlap=1", "sampler.chunk_latents=2"],
 }
 
 
@@ -36,7 +36,7 @@ def _cfg(out, image, prompts, *extra, backbone="backbone=tiny"):
 def test_exact_length_streamed_then_resumed_equals_uninterrupted(name, image_file, prompt_file, tmp_path):
     knobs = [*SAMPLERS[name], "num_frames_total=23"]
     whole = generate(_cfg(tmp_path / "whole", image_file, prompt_file, *knobs))
-    assert whole["frames"] == 23 and whole["clips_done"] == whole["clips_total"] == 4  # 7 latents, 2 per chunk
+    assert whole["frames"] == 23 and whole["clips_done"] == whole["clips_total"] == 4  # 7 latents, 2 a chunk
     video = read_mp4(tmp_path / "whole/video.mp4")
     assert video.shape == (23, 32, 32, 3)
     seg = [len(read_mp4(tmp_path / f"whole/clips/clip_{k:04d}.mp4")) for k in range(4)]
@@ -100,8 +100,8 @@ def test_sigkill_then_resume_gives_identical_frames(image_file, prompt_file, tmp
             f"prompts={prompt_file}"]
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}  # this checkout's svi
     cmd = [sys.executable, "-m", "svi.generate", *args]
-    subprocess.run([*cmd, f"out={tmp_path / 'whole'}"], cwd=tmp_path, env=env, check=True, capture_output=True,
-                   timeout=300)
+    subprocess.run([*cmd, f"out={tmp_path / 'whole'}"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, timeout=300)
     out = tmp_path / "killed"
     proc = subprocess.Popen([*cmd, f"out={out}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -111,8 +111,8 @@ def test_sigkill_then_resume_gives_identical_frames(image_file, prompt_file, tmp
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (out / "state/clip_0000.json").exists() and not (out / "state/clip_0004.json").exists()
-    subprocess.run([*cmd, f"out={out}", "resume=true"], cwd=tmp_path, env=env, check=True, capture_output=True,
-                   timeout=300)
+    subprocess.run([*cmd, f"out={out}", "resume=true"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, timeout=300)
     killed, whole = read_mp4(out / "video.mp4"), read_mp4(tmp_path / "whole/video.mp4")
     assert killed.shape == whole.shape == (37, 32, 32, 3)
     assert (killed == whole).all()
