@@ -4,6 +4,7 @@
     svi-generate backbone=tiny image=cat.png prompts=p.txt num_clips=3 flow.num_inference_steps=3 out=DIR
     svi-generate ... out=DIR resume=true                       # continue after an interruption
     svi-generate -m ... sampler=svi,base handoff=pixel,latent  # a sweep
+    svi-generate sampler=miga image=cat.png prompts=p.txt num_frames_total=161   # FIFO / MIGA (docs/samplers.md)
 
 Everything that can be checked without weights (image, prompt file, schedule, frame count, LoRA file,
 resume state and config hash) is checked before the backbone is loaded.
@@ -56,10 +57,12 @@ def hashed_config(cfg: DictConfig, request: GenerationRequest, lora_sha: str | N
     c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     keep = {k: c[k] for k in ("backbone", "condition", "sampler", "flow", "num_frames", "handoff", "quantize",
                               "inputs")}
+    if c["num_frames_total"] is not None:
+        keep["num_frames_total"] = c["num_frames_total"]
     keep["size"], keep["fps"] = [request.height, request.width], request.fps
     keep["inputs_sha256"] = {k: file_sha256(v) for k, v in request.inputs.items()
                              if isinstance(v, str) and Path(v).expanduser().is_file()}
-    keep["image_sha256"] = file_sha256(cfg.image)
+    keep["image_sha256"] = file_sha256(cfg.image) if cfg.image else None
     keep["lora"] = {"sha256": lora_sha, "scale": cfg.lora.scale} if lora_sha else None
     keep["schedule"] = [clip.to_dict() for clip in request.schedule]
     return keep
@@ -72,21 +75,33 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
     sampler = instantiate(cfg.sampler, condition=condition, progress=cfg.progress)
 
     resize = getattr(cfg.image_resize, "value", cfg.image_resize)
-    image = load_image(cfg.image, cfg.height, cfg.width, resize, cfg.max_width)  # (1, 3, H, W)
+    if cfg.image:
+        image = load_image(cfg.image, cfg.height, cfg.width, resize, cfg.max_width)  # (1, 3, H, W)
+        height, width = image.shape[-2:]
+    else:  # text-to-video backbones only (checked once the backbone is loaded)
+        image, height, width = None, cfg.height, cfg.width
     first_only = cfg.use_first_prompt_only
     if first_only is None:
         first_only = not condition.prompt_per_clip
     inputs = OmegaConf.to_container(cfg.inputs, resolve=True)
     fps = condition.frame_rate or cfg.fps  # talk runs at its audio features' 25 fps
-    num_clips = cfg.num_clips if cfg.num_clips is not None else \
-        condition.clips_from_inputs(inputs, cfg.num_frames, fps)
+    num_clips = cfg.num_clips
+    if cfg.num_frames_total is not None:
+        if cfg.num_clips is not None:
+            raise ValueError(f"set either num_clips={cfg.num_clips} or num_frames_total={cfg.num_frames_total}, "
+                             f"not both: the length follows from one of them")
+        if cfg.num_frames_total < 1:
+            raise ValueError(f"num_frames_total must be >= 1 frame, got {cfg.num_frames_total}")
+        num_clips = sampler.clips_for_frames(cfg.num_frames_total, cfg.num_frames)
+    elif num_clips is None:  # a condition type's inputs may decide (talk: the audio's length)
+        num_clips = condition.clips_from_inputs(inputs, cfg.num_frames, fps)
     schedule = build_schedule(cfg.prompts, num_clips=num_clips, base_seed=cfg.seed, cfg=cfg.cfg,
                               negative_prompt=cfg.negative_prompt, use_first_prompt_only=first_only,
                               prompt_repeat_times=cfg.prompt_repeat_times, same_seed=cfg.same_seed,
                               seed_stride=cfg.seed_stride, extra_fields=condition.extra_fields)
     condition.check_schedule(schedule, inputs)
-    request = GenerationRequest(image=image, schedule=schedule, num_frames=cfg.num_frames,
-                                height=image.shape[-2], width=image.shape[-1], inputs=inputs, fps=fps)
+    request = GenerationRequest(image=image, schedule=schedule, num_frames=cfg.num_frames, height=height, width=width,
+                                inputs=inputs, fps=fps, total_frames=cfg.num_frames_total)
     sampler.validate(request)
 
     lora = lora_sha = None
@@ -111,6 +126,11 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
         log.info(f"[svi] resuming {out} after clip {point.chunks_done} of {total}")
 
     stack = instantiate(cfg.backbone)
+    if not stack.is_i2v and not getattr(sampler, "supports_t2v", False):
+        raise ValueError(f"sampler={sampler.name} needs an image-to-video backbone; this one is text-to-video "
+                         f"(use sampler=fifo or sampler=miga)")
+    if stack.is_i2v and image is None:
+        raise ValueError("an image-to-video backbone needs image=PATH (the first frame and reference)")
     if sampler.use_lora:  # the condition type's adapters (none for shot and film), then what the file holds
         condition.attach(stack.transformer)
     stack = stack.to(_device(cfg.device))
@@ -128,6 +148,8 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
     bar = tqdm(total=total, initial=point.chunks_done, desc="clips", unit="clip", disable=not cfg.progress)
     new = 0
     for chunk in sampler.stream(request, start=point.cursor, carry=point.carry):
+        if cfg.num_frames_total is not None:  # the exact length: the last chunk is cut
+            chunk.frames = chunk.frames[:max(0, cfg.num_frames_total - session.frames_total)]
         state = session.commit(chunk)
         new += 1
         bar.update(1)

@@ -1,4 +1,8 @@
-"""Wan 2.1 I2V components: built tiny from config, or loaded from a local diffusers-format directory.
+"""Wan 2.1 components: built tiny from config, or loaded from a local diffusers-format directory.
+
+The I2V stack (SVI's backbone) takes the condition `y` and CLIP image tokens; the T2V stack
+(Wan2.1-T2V-1.3B, the backbone MIGA reports on; usable by the FIFO-Diffusion and MIGA samplers) has
+neither: its transformer reads the noisy latents alone.
 
 Both paths return the same `WanStack` (the real diffusers `WanTransformer3DModel` and
 `AutoencoderKLWan`, a T5-family text encoder, a CLIP vision encoder), so tests of the tiny stack
@@ -81,6 +85,12 @@ class WanStack(nn.Module):
     @property
     def latent_channels(self) -> int:
         return self.transformer.config.out_channels
+
+    @property
+    def is_i2v(self) -> bool:
+        """An I2V transformer reads cat[x (C), mask (4), condition latents (C)]; a T2V one reads x alone."""
+        cfg = self.transformer.config
+        return cfg.in_channels == 2 * cfg.out_channels + 4
 
     @property
     def uses_clip(self) -> bool:
@@ -167,11 +177,14 @@ class WanStack(nn.Module):
         return encoder(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
 
     # -- the denoiser ----------------------------------------------------------------------
-    def velocity(self, x_s: Tensor, y: Tensor, timestep: Tensor, text: Tensor, image: Tensor | None) -> Tensor:
-        """v̂ = DiT(cat[x_s (16), y (4 + 16)], t, text, clip) in the transformer's dtype."""
+    def velocity(self, x_s: Tensor, y: Tensor | None, timestep: Tensor, text: Tensor, image: Tensor | None) -> Tensor:
+        """v̂ = DiT(cat[x_s (16), y (4 + 16)], t, text, clip) in the transformer's dtype; a T2V stack takes
+        y = None (and no CLIP tokens). `timestep` is (B,) or per token (B, T h' w')."""
         dit = self.transformer
         dtype = dit.dtype
-        hidden = torch.cat([x_s, y], dim=1).to(dtype)
+        if (y is None) == self.is_i2v:
+            raise ValueError("an I2V transformer needs the condition y; a T2V transformer takes y=None")
+        hidden = (x_s if y is None else torch.cat([x_s, y], dim=1)).to(dtype)
         image = image.to(dtype) if image is not None else None
         return dit(hidden_states=hidden, timestep=timestep, encoder_hidden_states=text.to(dtype),
                    encoder_hidden_states_image=image, return_dict=False)[0]
@@ -277,7 +290,7 @@ def load_wan_dir(
     vae_class: str | type | None = None,
     clip_resize: str = "squash",
 ) -> WanStack:
-    """Load a local diffusers-format Wan I2V directory (never a hub download).
+    """Load a local diffusers-format Wan I2V (or T2V) directory (never a hub download).
 
     `path` usually comes from the environment variable `env_var`; a missing or incomplete directory
     fails here, before any training, naming the variable and the missing part.
@@ -317,10 +330,10 @@ def load_wan_dir(
         size = crop["height"] if isinstance(crop, dict) else int(crop)
         mean, std = tuple(proc.get("image_mean", mean)), tuple(proc.get("image_std", std))
     z = dit.config.out_channels
-    if dit.config.in_channels != 2 * z + 4:
+    if dit.config.in_channels not in (2 * z + 4, z):
         raise ValueError(f"{root}/transformer has in_channels={dit.config.in_channels}; SVI needs an I2V "
                          f"transformer with 2 x {z} + 4 input channels ({z} noisy + 4 mask + {z} condition; "
-                         f"36 for Wan 2.1)")
+                         f"36 for Wan 2.1) or a T2V one with {z} (the FIFO and MIGA samplers)")
     stack = WanStack(dit, vae, enc, tok, clip, image_size=size, image_mean=mean, image_std=std, text_len=text_len,
                      clip_resize=clip_resize)
     return _check_dims(stack.eval(), dims)

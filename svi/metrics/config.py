@@ -26,6 +26,7 @@ class ExtractorPaths:
     laion_head: Optional[str] = None  # LAION aesthetic head: nn.Linear(768, 1) state dict (.pth | .safetensors)
     i3d: Optional[str] = None  # TorchScript I3D (i3d_torchscript.pt): FVD
     syncnet: Optional[str] = None  # folder with SyncNet's syncnet_v2.model and sfd_face.pth: Sync-C / Sync-D
+    interpolator: Optional[str] = None  # TorchScript frame interpolator (AMT-S export): motion smoothness
 
 
 @dataclass

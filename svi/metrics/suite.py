@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from svi.metrics import builtin  # noqa: F401  (registers the metrics svi ships, in report order)
+from svi.metrics import motion  # noqa: F401  (motion smoothness)
 from svi.metrics import learned, pixel
 from svi.metrics.conditioned import I3DFeatures, SyncNetScorer  # (also registers sync_c, sync_d, fvd)
 from svi.metrics.config import MetricsConfig, metrics_config
@@ -120,6 +121,8 @@ def build_extractors(cfg: MetricsConfig, names: Sequence[str], device: str = "cp
                                                     batch_size=cfg.batch_size),
         "syncnet": lambda: SyncNetScorer(paths.syncnet, device=device),
         "i3d": lambda: I3DFeatures(paths.i3d, device=device),
+        "interpolator": lambda: motion.TorchScriptInterpolator(paths.interpolator, device=device,
+                                                               batch_size=cfg.batch_size),
     }
     out = {}
     for need in sorted(set().union(*(needs_of(n) for n in names)) & set(makers)):

@@ -1,4 +1,4 @@
-"""One interface for long-video samplers (SVI clip by clip now; FIFO-Diffusion and MIGA share it).
+"""One interface for long-video samplers: SVI clip by clip, FIFO-Diffusion and MIGA.
 
 SVI, FIFO-Diffusion and MIGA are all "grouped diagonal schedules": latents at noise levels one step
 apart, denoised by one network through windows, emitted in order. What differs is how the queue is laid
@@ -37,13 +37,14 @@ from svi.sampling.schedule import ClipSpec
 class GenerationRequest:
     """Everything a sampler needs to know about the video to make (validated before any compute)."""
 
-    image: Tensor  # (1, 3, H, W) in [-1, 1]: the reference image and the first motion frame
+    image: Tensor | None  # (1, 3, H, W) in [-1, 1]: the reference image and first motion frame; None for T2V
     schedule: Sequence[ClipSpec]  # one entry per clip
     num_frames: int  # F pixel frames per clip, 1 + 4k
     height: int
     width: int
     inputs: dict = field(default_factory=dict)  # whole-video extra inputs of the condition type (inputs.NAME=...)
     fps: float = 16.0
+    total_frames: int | None = None  # exact length of the video (`num_frames_total`); None: the sampler's default
 
     @property
     def num_clips(self) -> int:
@@ -66,7 +67,7 @@ class Chunk:
 class WindowCond:
     """Conditioning of one denoiser call (one window): `y`, text and CLIP tokens, guidance."""
 
-    y: Tensor  # (B, 20, T, h, w): mask (4) + condition latent (16)
+    y: Tensor | None  # (B, 20, T, h, w): mask (4) + condition latent (16); None for a T2V backbone
     text: Tensor  # (B, L_text, D) positive prompt embeddings
     negative_text: Tensor | None  # (B, L_text, D), or None without guidance
     image: Tensor | None  # (B, 257, D_img) CLIP tokens, None for backbones without an image path
@@ -131,6 +132,12 @@ class LongVideoSampler(ABC):
     def num_chunks(self, request: GenerationRequest) -> int:
         """How many chunks `stream` yields in all (for progress bars)."""
         return request.num_clips
+
+    def clips_for_frames(self, total_frames: int, num_frames: int) -> int:
+        """How many schedule entries a video of `total_frames` frames needs (`num_frames_total`): clip by
+        clip, K + C (F - K) >= total_frames; the entrypoint trims the last clip to the exact length."""
+        K = int(getattr(self, "num_motion_frames", 1))
+        return max(1, -(-(total_frames - K) // (num_frames - K)))
 
     @abstractmethod
     def stream(self, request: GenerationRequest, start: int = 0,

@@ -40,10 +40,11 @@ class GenerateSchema:
     lora: LoraFileSchema = field(default_factory=LoraFileSchema)
     task_name: str = "generate"
     experiment_name: str = MISSING
-    image: str = MISSING
+    image: Optional[str] = MISSING  # null only for a text-to-video backbone
     prompts: str = MISSING
     inputs: Dict[str, Any] = field(default_factory=dict)
     num_clips: Optional[int] = None
+    num_frames_total: Optional[int] = None  # exact video length in frames (instead of num_clips)
     use_first_prompt_only: Optional[bool] = None
     prompt_repeat_times: int = 1
     seed: int = 0
@@ -68,7 +69,13 @@ class GenerateSchema:
 
 
 def register_configs() -> None:
+    from svi.config import register_schema
+    from svi.sampling.fifo import FIFOSampler
+    from svi.sampling.miga import MIGASampler
+
     ConfigStore.instance().store(name="generate_schema", node=GenerateSchema)
+    register_schema("sampler", "fifo_schema", FIFOSampler)  # conf/sampler/fifo.yaml is checked at compose
+    register_schema("sampler", "miga_schema", MIGASampler)
 
 
 register_configs()

@@ -149,7 +149,7 @@ def test_register_metric_refuses_what_would_fail_later(registry):
 
 
 def test_the_registry_is_complete_and_documented():
-    assert len(METRICS) == 19 and set(METRIC_CLASSES) == set(METRICS)
+    assert len(METRICS) == 21 and set(METRIC_CLASSES) == set(METRICS)
     for name, info in METRICS.items():
         assert info.name == name and info in METRIC_CLASSES[name].info
     assert WEIGHT_FREE == [n for n, m in METRICS.items() if m.needs in (None, "gt")]
@@ -242,7 +242,8 @@ def test_each_metric_alone_gives_exactly_what_it_gives_among_all():
         return x[: 4 * m].unflatten(0, (m, 4)).mean(dim=(1, 3, 4)).double()
 
     extractors = {"dino": features(1.0), "clip_b32": features(2.0),
-                  "aesthetic": lambda x: x.double().flatten(1).mean(dim=1), "syncnet": Scorer(), "i3d": windows}
+                  "aesthetic": lambda x: x.double().flatten(1).mean(dim=1), "syncnet": Scorer(), "i3d": windows,
+                  "interpolator": lambda x: 0.25 * x[:-2] + 0.75 * x[2:]}
     audio = np.linspace(0, 1, 16000).astype(np.float32)
 
     def latents(x, s):
