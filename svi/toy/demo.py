@@ -331,6 +331,13 @@ SIGNAL_METRICS = {
 }
 
 
+def _defined_mean(values) -> float:
+    """Mean over the finite values; nan (no warning) when there are none."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
 def signal_summary(cfg: DictConfig, results: dict) -> dict:
     """Per signal metric: each model's mean (over seeds of the per-seed video means; the ceiling is the
     ground truth through the autoencoder) and paired per-video intervals between the models."""
@@ -347,8 +354,11 @@ def signal_summary(cfg: DictConfig, results: dict) -> dict:
         values = {n: [results[s][n].video_values(metric) for s in cfg.seeds] for n in names}
         out[metric] = {
             "definition": SIGNAL_METRICS[metric][0], "better": SIGNAL_METRICS[metric][1],
-            "mean": {n: float(np.mean([np.nanmean(v) for v in vs])) for n, vs in values.items()},
-            "per_seed": {n: [float(np.nanmean(v)) for v in vs] for n, vs in values.items()},
+            # pooled over the videos where the metric is defined (a sync needs a sprite that survives);
+            # n says how many those are
+            "mean": {n: _defined_mean(np.concatenate(vs)) for n, vs in values.items()},
+            "n": {n: int(np.isfinite(np.concatenate(vs)).sum()) for n, vs in values.items()},
+            "per_seed": {n: [_defined_mean(v) for v in vs] for n, vs in values.items()},
             "paired": {f"{a}_minus_{b}": paired_interval(np.concatenate(values[a]) - np.concatenate(values[b]))
                        for a, b in pairs}}
     return out
@@ -361,7 +371,9 @@ def signal_table(signals: dict) -> str:
     lines = ["| model | " + " | ".join(f"{m} ({signals[m]['better']} is better)" for m in metrics) + " |",
              "|" + "---|" * (1 + len(metrics))]
     for n in names:
-        lines.append(f"| {n} | " + " | ".join(f"{signals[m]['mean'][n]:.3f}" for m in metrics) + " |")
+        lines.append(f"| {n} | " + " | ".join(f"{signals[m]['mean'][n]:.3f} (n = {signals[m]['n'][n]})"
+                                              if "n" in signals[m] else f"{signals[m]['mean'][n]:.3f}"
+                                              for m in metrics) + " |")
     lines.append("")
     lines.append("paired per video (95% t interval):")
     for m in metrics:

@@ -227,3 +227,33 @@ def test_talk_and_dance_demos_report_signal_following(toy_base_dir, tmp_path, co
         assert sig["mean"]["ceiling"] > 0.9
     else:
         assert "pose" in video and sig["mean"]["ceiling"] < 0.5
+
+
+def test_signal_summary_pools_the_videos_where_a_metric_is_defined():
+    """A seed where no video keeps its sprite adds no value (and no NaN) to the mean; n counts the videos."""
+    import warnings
+
+    from omegaconf import OmegaConf
+
+    from svi.toy.demo import BASE, signal_summary, signal_table
+
+    class Eval:
+        def __init__(self, v):
+            self.v = np.asarray(v, dtype=float)
+
+        def video_values(self, metric):
+            return self.v
+
+    table = {0: {BASE: [0.1, np.nan], "plain_lora": [0.2, 0.4], "erft": [np.nan, np.nan], "ceiling": [1.0, 1.0]},
+             1: {BASE: [0.3, 0.5], "plain_lora": [0.6, np.nan], "erft": [0.5, 0.7], "ceiling": [1.0, 1.0]}}
+    results = {s: {n: Eval(v) for n, v in row.items()} for s, row in table.items()}
+    cfg = OmegaConf.create({"models": ["plain_lora", "erft"], "seeds": [0, 1],
+                            "eval": {"signal_metrics": ["toy_sync"]}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = signal_summary(cfg, results)["toy_sync"]
+    assert out["mean"]["erft"] == pytest.approx(0.6) and out["n"]["erft"] == 2
+    assert out["mean"][BASE] == pytest.approx(0.3) and out["n"][BASE] == 3
+    assert np.isnan(out["per_seed"]["erft"][0]) and out["per_seed"]["erft"][1] == pytest.approx(0.6)
+    assert out["paired"]["erft_minus_plain_lora"]["n"] == 1  # only seed 1's first video has both
+    assert "0.600 (n = 2)" in signal_table({"toy_sync": out})
