@@ -38,10 +38,10 @@ demo-k2: install  ## make demo at twice the budget (600-step fine-tunes, 10 samp
 demo-v1: install  ## the demo on base v1 (K = 1, the paper's window image errors, 30 clips; ~13 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_v1 $(ARGS)
 
-demo-talk: install  ## toy SVI-Talk on base v1: a sound drives a sprite's size; drift and toy sync (~15 min)
+demo-talk: install  ## toy SVI-Talk on base v1: a sound drives a sprite's size; drift and toy sync (~11 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_talk $(ARGS)
 
-demo-dance: install  ## toy SVI-Dance on base v1: a pose video drives the sprites; drift, pose error, PSNR (~15 min)
+demo-dance: install  ## toy SVI-Dance on base v1: a pose video drives the sprites; drift, pose error, PSNR (~20 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_dance $(ARGS)
 
 toy-base: install  ## retrain the K = 2 toy base of make demo into svi/assets/toy_base_k2 (~15 min on 2 cores)
