@@ -133,6 +133,10 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
     if not stack.is_i2v and not getattr(sampler, "supports_t2v", False):
         raise ValueError(f"sampler={sampler.name} needs an image-to-video backbone; this one is text-to-video "
                          f"(use sampler=fifo or sampler=miga)")
+    step = 2 * getattr(stack, "spatial_compression", 8)  # VAE x patch: 16 for Wan 2.1, 32 for Wan2.2-TI2V-5B
+    if height % step or width % step:
+        raise ValueError(f"this backbone needs height and width that are multiples of {step}, got {height}x{width}: "
+                         f"set height/width (and max_width) accordingly")
     if stack.is_i2v and image is None:
         raise ValueError("an image-to-video backbone needs image=PATH (the first frame and reference)")
     if sampler.use_lora:  # the condition type's adapters (none for shot and film), then what the file holds

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-COMPONENTS = ("transformer", "transformer_2", "vae", "text_encoder", "image_encoder")
+COMPONENTS = ("transformer", "transformer_2", "vae", "text_encoder", "image_encoder")  # what a config may list
+DEFAULT_COMPONENTS = ("transformer", "vae", "text_encoder", "image_encoder")  # a one-DiT I2V stack (Wan 2.1)
 # What each component needs on disk (diffusers pipeline layout, e.g. Wan2.1-I2V-14B-480P-Diffusers).
 _REQUIRED_FILES = {
     "transformer": ["transformer/config.json"],
@@ -327,7 +328,7 @@ def build_tiny_wan(
     vae: dict | None = None,
     text_encoder: dict | None = None,
     image_encoder: dict | None = None,
-    components: Sequence[str] = COMPONENTS,
+    components: Sequence[str] = DEFAULT_COMPONENTS,
     seed: int = 0,
     text_len: int = 512,
     dtype: str = "float32",
@@ -419,7 +420,7 @@ def save_stack(stack: WanStack, path: str | Path) -> None:
 def load_wan_dir(
     path: str | None,
     env_var: str = "SVI_WAN_DIR",
-    components: Sequence[str] = COMPONENTS,
+    components: Sequence[str] = DEFAULT_COMPONENTS,
     dtype: str = "bfloat16",
     text_len: int = 512,
     native: dict | None = None,
