@@ -63,7 +63,7 @@ def hashed_config(cfg: DictConfig, request: GenerationRequest, lora_sha: str | N
     keep["inputs_sha256"] = {k: file_sha256(v) for k, v in request.inputs.items()
                              if isinstance(v, str) and Path(v).expanduser().is_file()}
     keep["image_sha256"] = file_sha256(cfg.image) if cfg.image else None
-    keep["lora"] = {"sha256": lora_sha, "scale": cfg.lora.scale} if lora_sha else None
+    keep["lora"] = {"sha256": lora_sha, "scale": cfg.lora.scale} if lora_sha else None  # sha: "high+low" for 2 experts
     keep["schedule"] = [clip.to_dict() for clip in request.schedule]
     return keep
 
@@ -104,11 +104,15 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
                                 inputs=inputs, fps=fps, total_frames=cfg.num_frames_total)
     sampler.validate(request)
 
-    lora = lora_sha = None
-    if cfg.lora.path and not sampler.use_lora:
+    loras, lora_sha = {}, None  # expert name -> LoRA (Wan 2.2 A14B: transformer = high noise, transformer_2 = low)
+    if (cfg.lora.path or cfg.lora.path_low) and not sampler.use_lora:
         warnings.warn(f"sampler={sampler.name} runs the backbone without LoRA: lora.path is ignored")
-    elif cfg.lora.path:
-        lora, lora_sha = read_lora(cfg.lora.path), file_sha256(_lora_file(cfg.lora.path))
+    elif cfg.lora.path or cfg.lora.path_low:
+        files = expert_lora_files(cfg.lora.path, cfg.lora.path_low,
+                                  two_experts="transformer_2" in (cfg.backbone.get("components") or []))
+        loras = {name: read_lora(f) for name, f in files.items()}
+        lora_sha = "+".join(file_sha256(_lora_file(str(f))) for f in files.values())
+    lora = loras.get("transformer")
 
     session = OutputSession(out, hashed_config(cfg, request, lora_sha), fps=fps,
                             save_latents=cfg.save_latents)
@@ -129,11 +133,18 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
     if not stack.is_i2v and not getattr(sampler, "supports_t2v", False):
         raise ValueError(f"sampler={sampler.name} needs an image-to-video backbone; this one is text-to-video "
                          f"(use sampler=fifo or sampler=miga)")
+    step = 2 * getattr(stack, "spatial_compression", 8)  # VAE x patch: 16 for Wan 2.1, 32 for Wan2.2-TI2V-5B
+    if height % step or width % step:
+        raise ValueError(f"this backbone needs height and width that are multiples of {step}, got {height}x{width}: "
+                         f"set height/width (and max_width) accordingly")
     if stack.is_i2v and image is None:
         raise ValueError("an image-to-video backbone needs image=PATH (the first frame and reference)")
     if sampler.use_lora:  # the condition type's adapters (none for shot and film), then what the file holds
         condition.attach(stack.transformer)
     stack = stack.to(_device(cfg.device))
+    if "transformer_2" in loras:  # the low-noise expert's LoRA
+        n2 = merge_lora(stack.transformer_2, loras["transformer_2"], cfg.lora.scale)
+        log.info(f"[svi] merged {loras['transformer_2'].layout} LoRA into the low-noise expert ({n2} modules)")
     if lora is not None:
         n = merge_lora(stack.transformer, lora, cfg.lora.scale)
         used = set(condition.load_adapter_tensors(lora.extras))
@@ -165,6 +176,31 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
     summary.update(clips_done=session.done, frames=session.frames_total)
     log.info(f"[svi] {session.done}/{total} clips, {session.frames_total} frames -> {session.video_path}")
     return summary
+
+
+def expert_lora_files(path: str | None, path_low: str | None, two_experts: bool) -> dict[str, Path]:
+    """Which LoRA file goes into which expert, checked before any weight is loaded.
+
+    One DiT: `lora.path` (a file, or one of our adapter folders). Two experts (Wan2.2-A14B): `lora.path` the
+    high-noise expert's file and `lora.path_low` the low-noise one's (SVI 2.0 Pro ships such pairs), or
+    `lora.path` a folder holding `high_noise/` and `low_noise/` (what svi-train exports) and no `path_low`.
+    """
+    from svi.backbones.lora import EXPERT_DIRS
+
+    root = Path(path).expanduser() if path else None
+    split = root is not None and root.is_dir() and all((root / d).is_dir() for d in EXPERT_DIRS.values())
+    if not two_experts:
+        if path_low or split:
+            raise ValueError(f"lora.path_low / a high_noise+low_noise adapter folder is for a two-expert backbone "
+                             f"(Wan2.2-A14B); this backbone has one DiT: pass its LoRA as lora.path alone")
+        return {"transformer": root}
+    if split and not path_low:
+        return {name: root / d for name, d in EXPERT_DIRS.items()}
+    if not (path and path_low):
+        raise ValueError("a two-expert backbone (Wan2.2-A14B) needs a LoRA per expert: lora.path=HIGH_NOISE_FILE "
+                         "lora.path_low=LOW_NOISE_FILE, or lora.path=DIR with high_noise/ and low_noise/ (svi-train's "
+                         f"adapter export); got lora.path={path} lora.path_low={path_low}")
+    return {"transformer": root, "transformer_2": Path(path_low).expanduser()}
 
 
 def _lora_file(path: str) -> Path:

@@ -18,6 +18,8 @@ from torch import nn
 SVI_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights(dir) looks for
 MODULES_FILE = "svi_modules.safetensors"  # the condition type's trainable adapters (official tensor names)
+# Wan 2.2 A14B: one adapter per expert, each in its own folder of the export (SVI 2.0 Pro ships high/low files).
+EXPERT_DIRS = {"transformer": "high_noise", "transformer_2": "low_noise"}
 
 
 @dataclass
@@ -142,3 +144,27 @@ def load_adapter(transformer: nn.Module, path: str | Path, adapter_name: str = "
     unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
     if unexpected:
         raise ValueError(f"{path} has LoRA tensors that match no adapted module, e.g. {unexpected[:3]}")
+
+
+def save_stack_adapters(directory: str | Path, stack, spec: LoraSpec,
+                        modules: dict[str, torch.Tensor] | None = None) -> Path:
+    """The adapter export of a whole backbone: `save_adapter` into `directory` for one DiT; for a two-expert
+    backbone (Wan 2.2 A14B) one adapter per expert, `directory/high_noise/` (`transformer`) and
+    `directory/low_noise/` (`transformer_2`), each a diffusers LoRA folder (`load_lora_weights(dir)`, the low one
+    with `load_into_transformer_2=True`). Condition adapters go beside the high-noise one."""
+    experts = getattr(stack, "experts", [("transformer", stack.transformer)])
+    if len(experts) == 1:
+        return save_adapter(directory, stack.transformer, spec, modules)
+    directory = Path(directory)
+    for name, dit in experts:
+        save_adapter(directory / EXPERT_DIRS[name], dit, spec, modules if name == "transformer" else None)
+    return directory
+
+
+def load_stack_adapters(stack, path: str | Path) -> None:
+    """Load `save_stack_adapters`' output into the already-attached adapters of every expert."""
+    experts = getattr(stack, "experts", [("transformer", stack.transformer)])
+    if len(experts) == 1:
+        return load_adapter(stack.transformer, path)
+    for name, dit in experts:
+        load_adapter(dit, Path(path) / EXPERT_DIRS[name])

@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-COMPONENTS = ("transformer", "vae", "text_encoder", "image_encoder")
+COMPONENTS = ("transformer", "transformer_2", "vae", "text_encoder", "image_encoder")  # what a config may list
+DEFAULT_COMPONENTS = ("transformer", "vae", "text_encoder", "image_encoder")  # a one-DiT I2V stack (Wan 2.1)
 # What each component needs on disk (diffusers pipeline layout, e.g. Wan2.1-I2V-14B-480P-Diffusers).
 _REQUIRED_FILES = {
     "transformer": ["transformer/config.json"],
+    "transformer_2": ["transformer_2/config.json"],  # Wan2.2-A14B's low-noise expert
     "vae": ["vae/config.json"],
     "text_encoder": ["text_encoder/config.json", "tokenizer"],
     "image_encoder": ["image_encoder/config.json", "image_processor/preprocessor_config.json"],
@@ -33,6 +35,15 @@ _REQUIRED_FILES = {
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_RESIZE = ("squash", "crop")
+MODEL_INDEX = "model_index.json"  # diffusers' pipeline file: Wan 2.2's boundary_ratio and expand_timesteps
+# Why a part is needed and how to get it, for the error a missing part raises.
+_WHAT = {
+    "transformer": "the DiT (Wan 2.2 A14B: the high-noise expert)",
+    "transformer_2": "the low-noise expert of Wan2.2-A14B",
+    "vae": "the VAE (Wan2.2-TI2V-5B: the 48-channel Wan 2.2 VAE)",
+    "text_encoder": "the UMT5 text encoder and its tokenizer",
+    "image_encoder": "the CLIP image encoder (Wan 2.1 I2V)",
+}
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:
@@ -54,12 +65,23 @@ class WanStack(nn.Module):
 
     def __init__(self, transformer, vae=None, text_encoder=None, tokenizer=None, image_encoder=None,
                  image_size: int = 224, image_mean=_CLIP_MEAN, image_std=_CLIP_STD, text_len: int = 512,
-                 clip_resize: str = "squash"):
+                 clip_resize: str = "squash", transformer_2=None, boundary_ratio: float | None = None,
+                 expand_timesteps: bool = False):
         super().__init__()
         if clip_resize not in CLIP_RESIZE:
             raise ValueError(f"backbone.clip_resize must be one of {CLIP_RESIZE}, got {clip_resize!r}")
+        if transformer_2 is not None and not (boundary_ratio is not None and 0.0 < boundary_ratio < 1.0):
+            raise ValueError(f"a two-expert backbone (transformer_2) needs backbone.boundary_ratio in (0, 1) "
+                             f"(Wan2.2-I2V-A14B: 0.9), got {boundary_ratio}")
+        if expand_timesteps and transformer.config.in_channels != transformer.config.out_channels:
+            raise ValueError(f"expand_timesteps (Wan2.2-TI2V-5B) needs a transformer that reads the latents alone "
+                             f"(in_channels == out_channels), got {transformer.config.in_channels} -> "
+                             f"{transformer.config.out_channels}")
         self.clip_resize = clip_resize
         self.transformer = transformer
+        self.transformer_2 = transformer_2  # Wan 2.2 A14B: the low-noise expert (None: one network)
+        self.boundary_ratio = boundary_ratio if transformer_2 is not None else None
+        self.expand_timesteps = bool(expand_timesteps)  # Wan 2.2 TI2V: the condition is clean leading latents
         self.vae = vae
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
@@ -68,7 +90,7 @@ class WanStack(nn.Module):
         self.text_len = text_len
         self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
-        for module in (vae, text_encoder, image_encoder, transformer):
+        for module in (vae, text_encoder, image_encoder, transformer, transformer_2):
             if module is not None:
                 module.requires_grad_(False)
 
@@ -88,9 +110,40 @@ class WanStack(nn.Module):
 
     @property
     def is_i2v(self) -> bool:
-        """An I2V transformer reads cat[x (C), mask (4), condition latents (C)]; a T2V one reads x alone."""
+        """An I2V transformer reads cat[x (C), mask (4), condition latents (C)]; a T2V one reads x alone.
+        Wan 2.2 TI2V (`expand_timesteps`) is both: it reads x alone, with clean leading latent frames as the image."""
         cfg = self.transformer.config
-        return cfg.in_channels == 2 * cfg.out_channels + 4
+        return self.expand_timesteps or cfg.in_channels == 2 * cfg.out_channels + 4
+
+    @property
+    def latent_condition(self) -> bool:
+        """Whether the condition lives in the latent itself (Wan 2.2 TI2V): the known frames of `y` replace the
+        leading latent frames of x, with timestep 0 on their tokens; the transformer never reads `y`'s channels."""
+        return self.expand_timesteps
+
+    @property
+    def experts(self) -> list[tuple[str, nn.Module]]:
+        """The denoisers by attribute name: `transformer` alone, or (Wan 2.2 A14B) the high-noise `transformer`
+        and the low-noise `transformer_2`."""
+        out = [("transformer", self.transformer)]
+        if self.transformer_2 is not None:
+            out.append(("transformer_2", self.transformer_2))
+        return out
+
+    @property
+    def boundary_timestep(self) -> float | None:
+        """t >= this runs `transformer` (high noise), below it `transformer_2`; None with one expert."""
+        if self.transformer_2 is None:
+            return None
+        return self.boundary_ratio * 1000.0  # diffusers: boundary_ratio * num_train_timesteps
+
+    @property
+    def spatial_compression(self) -> int:
+        """Pixels per latent pixel: 8 for the Wan 2.1 VAE, 16 for the Wan 2.2 VAE of TI2V-5B."""
+        vae = self.vae
+        if vae is not None and getattr(vae.config, "scale_factor_spatial", None):
+            return int(vae.config.scale_factor_spatial)
+        return 8
 
     @property
     def uses_clip(self) -> bool:
@@ -179,15 +232,71 @@ class WanStack(nn.Module):
     # -- the denoiser ----------------------------------------------------------------------
     def velocity(self, x_s: Tensor, y: Tensor | None, timestep: Tensor, text: Tensor, image: Tensor | None) -> Tensor:
         """v̂ = DiT(cat[x_s (16), y (4 + 16)], t, text, clip) in the transformer's dtype; a T2V stack takes
-        y = None (and no CLIP tokens). `timestep` is (B,) or per token (B, T h' w')."""
-        dit = self.transformer
+        y = None (and no CLIP tokens). `timestep` is (B,) or per token (B, T h' w').
+
+        Wan 2.2 A14B: each sample runs the expert that owns its timestep (the largest of its tokens with a
+        per-token timestep). Wan 2.2 TI2V (`latent_condition`): the frames `y` marks known are substituted
+        into x_s and their tokens get timestep 0, as diffusers' `expand_timesteps` does.
+        """
+        if self.latent_condition:
+            if y is not None:
+                known = self.known_frames(y)  # (B, T)
+                x_s = torch.where(known[:, None, :, None, None], y[:, 4:].to(x_s.dtype), x_s)
+                tokens = self._token_grid(x_s)
+                per_token = timestep if timestep.ndim == 2 else timestep[:, None].expand(-1, x_s.shape[2] * tokens)
+                key = per_token.amax(dim=1)
+                timestep = per_token * (~known).repeat_interleave(tokens, dim=1).to(per_token.dtype)
+            else:
+                key = timestep if timestep.ndim == 1 else timestep.amax(dim=1)
+            hidden = x_s
+        else:
+            if (y is None) == self.is_i2v:
+                raise ValueError("an I2V transformer needs the condition y; a T2V transformer takes y=None")
+            hidden = x_s if y is None else torch.cat([x_s, y], dim=1)
+            key = timestep if timestep.ndim == 1 else timestep.amax(dim=1)
+        if self.transformer_2 is None:
+            return self._run(self.transformer, hidden, timestep, text, image)
+        high = key >= self.boundary_timestep  # (B,) which samples the high-noise expert denoises
+        if bool(high.all()):
+            return self._run(self.transformer, hidden, timestep, text, image)
+        if not bool(high.any()):
+            return self._run(self.transformer_2, hidden, timestep, text, image)
+        hi, lo = high.nonzero().flatten(), (~high).nonzero().flatten()  # a mixed batch: one call per expert
+        pick = lambda v, i: None if v is None else v[i]  # noqa: E731
+        v_hi = self._run(self.transformer, hidden[hi], timestep[hi], text[hi], pick(image, hi))
+        v_lo = self._run(self.transformer_2, hidden[lo], timestep[lo], text[lo], pick(image, lo))
+        return torch.cat([v_hi, v_lo])[torch.argsort(torch.cat([hi, lo]))]
+
+    @staticmethod
+    def _run(dit: nn.Module, hidden: Tensor, timestep: Tensor, text: Tensor, image: Tensor | None) -> Tensor:
         dtype = dit.dtype
-        if (y is None) == self.is_i2v:
-            raise ValueError("an I2V transformer needs the condition y; a T2V transformer takes y=None")
-        hidden = (x_s if y is None else torch.cat([x_s, y], dim=1)).to(dtype)
         image = image.to(dtype) if image is not None else None
-        return dit(hidden_states=hidden, timestep=timestep, encoder_hidden_states=text.to(dtype),
+        return dit(hidden_states=hidden.to(dtype), timestep=timestep, encoder_hidden_states=text.to(dtype),
                    encoder_hidden_states_image=image, return_dict=False)[0]
+
+    def _token_grid(self, x: Tensor) -> int:
+        """Tokens per latent frame: (h / p) (w / p)."""
+        p = self.transformer.config.patch_size
+        return (x.shape[-2] // p[1]) * (x.shape[-1] // p[2])
+
+    @staticmethod
+    def known_frames(y: Tensor) -> Tensor:
+        """(B, 4 + C, T, h, w) -> (B, T) bool: latent frames whose 4 mask channels are all 1 (given, clean)."""
+        return y[:, :4, :, 0, 0].amin(dim=1) > 0.5
+
+    def keep_condition(self, x: Tensor, y: Tensor | None) -> Tensor:
+        """A latent-conditioned stack's sample keeps the given frames of `y` (diffusers re-substitutes them
+        after the last step); any other stack returns x unchanged."""
+        if not self.latent_condition or y is None:
+            return x
+        return torch.where(self.known_frames(y)[:, None, :, None, None], y[:, 4:].to(x.dtype), x)
+
+    def loss_frame_mask(self, y: Tensor | None) -> Tensor | None:
+        """(B, 1, T, 1, 1) float, 0 on the given frames of a latent-conditioned stack (the loss and the stored
+        errors leave them out: the model is not asked to predict them); None for every other stack."""
+        if not self.latent_condition or y is None:
+            return None
+        return (~self.known_frames(y)).float()[:, None, :, None, None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,18 +328,24 @@ def build_tiny_wan(
     vae: dict | None = None,
     text_encoder: dict | None = None,
     image_encoder: dict | None = None,
-    components: Sequence[str] = COMPONENTS,
+    components: Sequence[str] = DEFAULT_COMPONENTS,
     seed: int = 0,
     text_len: int = 512,
     dtype: str = "float32",
     native: dict | None = None,
     dims: dict | None = None,
     clip_resize: str = "squash",
+    transformer_2: dict | None = None,
+    boundary_ratio: float | None = None,
+    expand_timesteps: bool = False,
 ) -> WanStack:
-    """A random-init Wan 2.1 I2V stack from config dicts, identical for the same seed.
+    """A random-init Wan stack from config dicts, identical for the same seed.
 
     `native` (default clip geometry) is read by other config groups; `dims` is checked against the
-    built model so the data shapes and the model cannot disagree silently.
+    built model so the data shapes and the model cannot disagree silently. With `transformer_2` in
+    `components` a second expert is built (Wan 2.2 A14B twin; `transformer_2` overrides its config, by
+    default the same as the first) and `boundary_ratio` picks the expert; `expand_timesteps` makes the
+    Wan 2.2 TI2V twin (the image as a clean leading latent frame).
     """
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
@@ -239,9 +354,13 @@ def build_tiny_wan(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         dit = WanTransformer3DModel(**_plain(transformer))
+        dit_2 = None
+        if "transformer_2" in components:
+            dit_2 = WanTransformer3DModel(**{**_plain(transformer), **_plain(transformer_2)})
         if _dtype(dtype) != torch.float32:
             dit = dit.to(_dtype(dtype))
-        v = AutoencoderKLWan(**_plain(vae)) if "vae" in components else None
+            dit_2 = dit_2.to(_dtype(dtype)) if dit_2 is not None else None
+        v = AutoencoderKLWan(**_tiny_vae_config(vae)) if "vae" in components else None
         tok = enc = None
         if "text_encoder" in components:
             tok = byte_tokenizer(text_len)
@@ -251,14 +370,33 @@ def build_tiny_wan(
         if "image_encoder" in components and dit.config.image_dim is not None:
             clip = CLIPVisionModel(CLIPVisionConfig(**_plain(image_encoder)))
     size = clip.config.image_size if clip is not None else 224
-    stack = WanStack(dit, v, enc, tok, clip, image_size=size, text_len=text_len, clip_resize=clip_resize)
+    stack = WanStack(dit, v, enc, tok, clip, image_size=size, text_len=text_len, clip_resize=clip_resize,
+                     transformer_2=dit_2, boundary_ratio=boundary_ratio, expand_timesteps=expand_timesteps)
     return _check_dims(stack.eval(), dims)
+
+
+def _tiny_vae_config(vae: dict | None) -> dict:
+    """A tiny VAE's config; a latent width other than Wan 2.1's 16 (the 48-channel Wan 2.2 VAE) gets fixed,
+    non-trivial normalisation statistics unless the config gives its own, so normalising is exercised."""
+    cfg = _plain(vae)
+    z = cfg.get("z_dim", 16)
+    if z != 16:
+        cfg.setdefault("latents_mean", torch.linspace(-0.5, 0.5, z).tolist())
+        cfg.setdefault("latents_std", torch.linspace(0.5, 1.5, z).tolist())
+    return cfg
 
 
 def save_stack(stack: WanStack, path: str | Path) -> None:
     """Write a stack in the diffusers pipeline layout (what `load_wan_dir` reads)."""
     path = Path(path)
     stack.transformer.save_pretrained(path / "transformer")
+    if stack.transformer_2 is not None:
+        stack.transformer_2.save_pretrained(path / "transformer_2")
+    if stack.transformer_2 is not None or stack.expand_timesteps:  # the pipeline settings diffusers keeps here
+        index = {"_class_name": "WanImageToVideoPipeline", "boundary_ratio": stack.boundary_ratio,
+                 "expand_timesteps": stack.expand_timesteps}
+        path.mkdir(parents=True, exist_ok=True)
+        (path / MODEL_INDEX).write_text(json.dumps(index, indent=2))
     if stack.vae is not None:
         stack.vae.save_pretrained(path / "vae")
     if stack.text_encoder is not None:
@@ -282,18 +420,23 @@ def save_stack(stack: WanStack, path: str | Path) -> None:
 def load_wan_dir(
     path: str | None,
     env_var: str = "SVI_WAN_DIR",
-    components: Sequence[str] = COMPONENTS,
+    components: Sequence[str] = DEFAULT_COMPONENTS,
     dtype: str = "bfloat16",
     text_len: int = 512,
     native: dict | None = None,
     dims: dict | None = None,
     vae_class: str | type | None = None,
     clip_resize: str = "squash",
+    boundary_ratio: float | None = None,
+    expand_timesteps: bool | None = None,
 ) -> WanStack:
     """Load a local diffusers-format Wan I2V (or T2V) directory (never a hub download).
 
     `path` usually comes from the environment variable `env_var`; a missing or incomplete directory
-    fails here, before any training, naming the variable and the missing part.
+    fails here, before any training, naming the variable and the missing part. Wan 2.2: with
+    `transformer_2` in `components` both experts load and `boundary_ratio` (None: the directory's
+    `model_index.json`) picks between them; `expand_timesteps` (None: `model_index.json`, else false)
+    marks the TI2V-5B layout.
     """
     from diffusers import WanTransformer3DModel
 
@@ -305,13 +448,27 @@ def load_wan_dir(
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"Wan weights directory {root} (from {env_var} / backbone.path) does not exist")
-    missing = [f for c in components for f in _REQUIRED_FILES[c] if not (root / f).exists()]
+    missing = [c for c in components if any(not (root / f).exists() for f in _REQUIRED_FILES[c])]
     if missing:
+        parts = "; ".join(f"{', '.join(f for f in _REQUIRED_FILES[c] if not (root / f).exists())} "
+                          f"({_WHAT[c]})" for c in missing)
         raise FileNotFoundError(
-            f"Wan weights directory {root} (from {env_var}) is incomplete: missing {', '.join(missing)}. "
-            f"Download the full diffusers-format model, or drop unneeded parts from backbone.components")
+            f"Wan weights directory {root} (from {env_var} / backbone.path) is incomplete: missing {parts}. "
+            f"Download the complete diffusers-format model into it (every folder of the model repository), "
+            f"or, where a part is truly unneeded, drop it from backbone.components")
+    index = json.loads((root / MODEL_INDEX).read_text()) if (root / MODEL_INDEX).is_file() else {}
+    if "transformer_2" in components:
+        boundary_ratio = boundary_ratio if boundary_ratio is not None else index.get("boundary_ratio")
+        if boundary_ratio is None:
+            raise ValueError(f"{root} has two experts but no boundary_ratio in {MODEL_INDEX}: set "
+                             f"backbone.boundary_ratio (Wan2.2-I2V-A14B: 0.9, T2V-A14B: 0.875)")
+    if expand_timesteps is None:
+        expand_timesteps = bool(index.get("expand_timesteps", False))
+    _check_vae_fits(root, components)
     kw = dict(local_files_only=True)
     dit = WanTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=_dtype(dtype), **kw)
+    dit_2 = WanTransformer3DModel.from_pretrained(root / "transformer_2", torch_dtype=_dtype(dtype), **kw) \
+        if "transformer_2" in components else None
     vae = _vae_class(root / "vae", vae_class).from_pretrained(root / "vae", torch_dtype=torch.float32, **kw) \
         if "vae" in components else None
     tok = enc = None
@@ -334,14 +491,33 @@ def load_wan_dir(
         raise ValueError(f"{root}/transformer has in_channels={dit.config.in_channels}; SVI needs an I2V "
                          f"transformer with 2 x {z} + 4 input channels ({z} noisy + 4 mask + {z} condition; "
                          f"36 for Wan 2.1) or a T2V one with {z} (the FIFO and MIGA samplers)")
+    if dit_2 is not None and (dit_2.config.in_channels, dit_2.config.out_channels) != \
+            (dit.config.in_channels, dit.config.out_channels):
+        raise ValueError(f"{root}: transformer and transformer_2 disagree on their channels; both experts must "
+                         f"come from the same Wan 2.2 model")
     stack = WanStack(dit, vae, enc, tok, clip, image_size=size, image_mean=mean, image_std=std, text_len=text_len,
-                     clip_resize=clip_resize)
+                     clip_resize=clip_resize, transformer_2=dit_2, boundary_ratio=boundary_ratio,
+                     expand_timesteps=expand_timesteps)
     return _check_dims(stack.eval(), dims)
 
 
 def load_wan_from_env(env_var: str, path: str | None = None, **kwargs) -> WanStack:
     """`load_wan_dir` with the directory taken from `path` or else the environment variable."""
     return load_wan_dir(path or os.environ.get(env_var), env_var=env_var, **kwargs)
+
+
+def _check_vae_fits(root: Path, components: Sequence[str]) -> None:
+    """The VAE's latent width must be the transformer's: refuse a Wan 2.1 VAE beside a Wan 2.2 TI2V DiT (and
+    the reverse) from the configs alone, before any weight is read."""
+    if "vae" not in components:
+        return
+    dit_cfg = json.loads((root / "transformer" / "config.json").read_text())
+    vae_cfg = json.loads((root / "vae" / "config.json").read_text())
+    z, out = vae_cfg.get("z_dim", 16), dit_cfg.get("out_channels", 16)
+    if z != out:
+        raise ValueError(f"{root}/vae has {z} latent channels but {root}/transformer predicts {out}: the VAE belongs "
+                         f"to another Wan model (Wan2.2-TI2V-5B needs the 48-channel Wan 2.2 VAE, Wan 2.1 and "
+                         f"Wan2.2-A14B the 16-channel one); put the model's own vae/ folder there")
 
 
 def _vae_class(folder: Path, vae_class: str | type | None):

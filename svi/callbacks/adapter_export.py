@@ -2,7 +2,8 @@
 
 The Lightning checkpoint is for resuming; this file is for using the model: diffusers LoRA format
 (`pytorch_lora_weights.safetensors`, keys `transformer.*`), loadable with
-`WanImageToVideoPipeline.load_lora_weights(dir)` or `svi.backbones.lora.load_adapter`.
+`WanImageToVideoPipeline.load_lora_weights(dir)` or `svi.backbones.lora.load_adapter`. A two-expert backbone
+(Wan2.2-A14B) writes one such folder per expert: `high_noise/` (`transformer`) and `low_noise/` (`transformer_2`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from svi.backbones.lora import save_adapter
+from svi.backbones.lora import save_stack_adapters
 
 
 class AdapterExport(L.Callback):
@@ -25,7 +26,7 @@ class AdapterExport(L.Callback):
         if pl_module.lora_spec.rank == 0:  # full training has no adapter (BackboneExport writes the model)
             return None
         modules = pl_module.condition.adapter_state_dict()  # the condition type's trainable adapters, if any
-        return save_adapter(directory, pl_module.stack.transformer, pl_module.lora_spec, modules)
+        return save_stack_adapters(directory, pl_module.stack, pl_module.lora_spec, modules)  # Wan 2.2 A14B: per expert
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = self.every_n_train_steps

@@ -131,12 +131,36 @@ class Condition:
         return m.view(1, 4, T, 1, 1).expand(batch_size, 4, T, height, width).contiguous()
 
     def build_y(self, stack, motion: Tensor, ref: Tensor, num_frames: int) -> Tensor:
-        """Encode the condition video and prepend the mask: (B, 4 + C, T, h, w)."""
+        """Encode the condition video and prepend the mask: (B, 4 + C, T, h, w).
+
+        A backbone whose condition lives in the latent itself (Wan 2.2 TI2V, `stack.latent_condition`) gets the
+        same layout with another meaning: the `T_K` latent frames the motion frames occupy are marked known (all
+        4 mask channels 1) and hold their clean latents; the other frames are 0 (`latent_y`).
+        """
+        if getattr(stack, "latent_condition", False):
+            return self.latent_y(stack, motion, ref, num_frames)
         video = self.pixel_condition(motion, ref, num_frames)
         cond_latent = stack.encode_video(video)  # (B, C, T, h, w), normalised, fp32
         B, _, _, h, w = cond_latent.shape
         mask = self.mask(B, num_frames, h, w, device=cond_latent.device, num_motion=motion.shape[2])
         return torch.cat([mask, cond_latent], dim=1)
+
+    def latent_y(self, stack, motion: Tensor, ref: Tensor, num_frames: int) -> Tensor:
+        """y of a latent-conditioned backbone (Wan 2.2 TI2V): the leading `T_K = 1 + ceil((k - 1) / 4)` latent frames
+        are the VAE latents of the condition video's first `1 + 4 (T_K - 1)` pixel frames (the k motion frames, then
+        padding as `ref_pad_num` says when k is not 1 + 4m), marked known; the rest of y is 0. The backbone
+        substitutes these frames into x with timestep 0 (diffusers' `expand_timesteps`), so with k = 1 this is the
+        stock TI2V image condition."""
+        k = motion.shape[2]
+        t_k = 1 + (k + 2) // 4
+        video = self.pixel_condition(motion, ref, num_frames)[:, :, : 1 + 4 * (t_k - 1)]
+        lead = stack.encode_video(video)  # (B, C, T_K, h, w), normalised, fp32
+        B, C, _, h, w = lead.shape
+        T = 1 + (num_frames - 1) // 4
+        y = lead.new_zeros(B, 4 + C, T, h, w)
+        y[:, :4, :t_k] = 1
+        y[:, 4:, :t_k] = lead
+        return y
 
     def clip_image(self, motion: Tensor) -> Tensor:
         """CLIP sees the first motion frame (B, 3, H, W)."""

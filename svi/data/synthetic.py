@@ -18,15 +18,17 @@ from svi.conditions import ClipGeometry, Condition
 class SyntheticLatents(Dataset):
     def __init__(self, num_samples: int, num_frames: int, height: int, width: int, condition: Condition,
                  latent_channels: int = 16, text_len: int = 512, text_dim: int = 4096,
-                 image_tokens: int | None = 257, image_dim: int | None = 1280, seed: int = 0):
+                 image_tokens: int | None = 257, image_dim: int | None = 1280, seed: int = 0,
+                 spatial_compression: int = 8):
         if (num_frames - 1) % 4:
             raise ValueError(f"data.num_frames must be 1+4k (e.g. 17, 81), got {num_frames}")
-        if height % 16 or width % 16:
-            raise ValueError(f"data.height/width must be multiples of 16 (VAE /8, patch /2), got {height}x{width}")
+        s = spatial_compression  # 8 (Wan 2.1 VAE) | 16 (the Wan 2.2 VAE of TI2V-5B)
+        if height % (2 * s) or width % (2 * s):
+            raise ValueError(f"data.height/width must be multiples of {2 * s} (VAE /{s}, patch /2), got {height}x{width}")
         self.num_samples, self.seed, self.condition = num_samples, seed, condition
         self.geometry = ClipGeometry(num_frames, height, width)
-        self.latent_shape = (latent_channels, 1 + (num_frames - 1) // 4, height // 8, width // 8)
-        self.mask = condition.mask(1, num_frames, height // 8, width // 8)[0]  # (4, T, h, w)
+        self.latent_shape = (latent_channels, 1 + (num_frames - 1) // 4, height // s, width // s)
+        self.mask = condition.mask(1, num_frames, height // s, width // s)[0]  # (4, T, h, w)
         self.text_shape = (text_len, text_dim)
         self.image_shape = (image_tokens, image_dim) if image_dim else None
 

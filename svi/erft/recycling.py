@@ -49,18 +49,28 @@ def erft_step(
     e_vid: Tensor,
     e_noi: Tensor,
     e_img: Tensor,
+    loss_mask: Tensor | None = None,
 ) -> StepResult:
     """Inject, forward, regress onto v_rcy, and measure the new errors.
 
     denoise(x_s, y) -> v̂ wraps the DiT (timestep, text and image embeddings bound by the caller).
     Shapes: x0, noise, e_vid, e_noi (B, C, T, h, w); y (B, 4 + C, T, h, w); sigma (B,).
     With all errors zero this is plain flow-matching fine-tuning (target noise - x0).
+    `loss_mask` (B, 1, T, 1, 1), 1 = a frame the model predicts, leaves the other latent frames out of the loss
+    (the mean runs over the kept ones) and zeroes their errors: a backbone that takes leading latent frames as
+    given (Wan 2.2 TI2V) is not asked to predict them.
     """
     x0_t, noise_t, y_t = inject(x0, noise, y, e_vid, e_noi, e_img)
     x_s = add_noise(x0_t, noise_t, sigma)
     v_hat = denoise(x_s, y_t).float()
     target = recycle_target(noise_t, x0).float()
-    loss = (v_hat - target).pow(2).flatten(1).mean(dim=1)
+    if loss_mask is None:
+        loss = (v_hat - target).pow(2).flatten(1).mean(dim=1)
+    else:
+        keep = loss_mask.to(v_hat).expand_as(v_hat)
+        loss = ((v_hat - target).pow(2) * keep).flatten(1).sum(dim=1) / keep.flatten(1).sum(dim=1).clamp_min(1)
     with torch.no_grad():
         err_vid, err_noi = bidirectional_errors(v_hat.detach(), target, sigma.float())
+        if loss_mask is not None:
+            err_vid, err_noi = err_vid * keep, err_noi * keep
     return StepResult(loss=loss, e_vid=err_vid, e_noi=err_noi)

@@ -68,14 +68,20 @@ class ERFTModule(L.LightningModule):
         self.seed = seed
         self.offload_activations = offload_activations
 
-        attach_lora(self.stack.transformer, self.lora_spec)
+        experts = [dit for _, dit in getattr(self.stack, "experts", [("transformer", self.stack.transformer)])]
+        for dit in experts:  # Wan 2.2 A14B: one LoRA per expert; each step trains the expert its timestep picks
+            attach_lora(dit, self.lora_spec)
         # Condition adapters are attached after LoRA: peft's add_adapter freezes everything else.
         self.adapters = condition.attach(self.stack.transformer) or nn.ModuleList()
+        if len(experts) > 1 and (len(self.adapters) or self.lora_spec.init_path):
+            raise ValueError(f"condition '{condition.name}' adapters and lora.init_path are not supported on a "
+                             f"two-expert backbone (Wan2.2-A14B): use condition=shot or film and a zero-initialised LoRA")
         if self.lora_spec.init_path:  # start from an existing LoRA (official Dance: UniAnimate-DiT's) and its adapters
             start = init_lora_from(self.stack.transformer, self.lora_spec.init_path, self.lora_spec)
             condition.load_adapter_tensors(start.extras)
         if gradient_checkpointing:
-            self.stack.transformer.enable_gradient_checkpointing()
+            for dit in experts:
+                dit.enable_gradient_checkpointing()
 
         sigmas = training_sigmas(self.flow.num_train_timesteps, self.flow.shift)  # (1000,) descending
         self.register_buffer("train_sigmas", sigmas, persistent=False)
@@ -163,8 +169,9 @@ class ERFTModule(L.LightningModule):
                                                        velocity=velocity, generator=g)) \
                 if bool(inj.img.any()) else x0.new_zeros(B, x0.shape[1], self.injection.y_error_num, *x0.shape[3:])
             e_img = modulate_rows(e_img, inj.img, self.injection.error_modulate_factor, g)
-            with offload:
-                res = erft_step(denoise, x0, noise, y, sigma.to(dev), e_vid, e_noi, e_img)
+            with offload:  # a latent-conditioned backbone (Wan 2.2 TI2V) leaves its given frames out of the loss
+                res = erft_step(denoise, x0, noise, y, sigma.to(dev), e_vid, e_noi, e_img,
+                                loss_mask=_loss_frame_mask(self.stack, y))
         weights = self.train_weights[idx.to(dev)]
         loss = (weights * res.loss).mean()
 
@@ -202,6 +209,12 @@ class ERFTModule(L.LightningModule):
         else:  # another world size: fresh, distinct per-rank streams
             step = checkpoint.get("global_step", 0)
             self.generator.manual_seed(self.seed + 1_000_003 * self.global_rank + 7 * step)
+
+
+def _loss_frame_mask(stack, y: Tensor) -> Tensor | None:
+    """(B, 1, T, 1, 1): 0 on latent frames the backbone takes as given (Wan 2.2 TI2V), None for the others."""
+    fn = getattr(stack, "loss_frame_mask", None)
+    return fn(y) if fn is not None else None
 
 
 def _instantiate(node: Any) -> Any:

@@ -28,6 +28,7 @@ class Quantize(str, Enum):
 @dataclass
 class LoraFileSchema:
     path: Optional[str] = None  # our adapter (file or directory) or an official SVI LoRA file; null: none
+    path_low: Optional[str] = None  # Wan2.2-A14B: the low-noise expert's LoRA (lora.path is the high-noise one's)
     scale: float = 1.0  # multiplies alpha / r (the official inference merges with --lora_alpha 1.0)
 
 

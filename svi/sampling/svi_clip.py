@@ -180,7 +180,9 @@ class SVIClipSampler(LongVideoSampler):
                           extras=dict(extras or {}))
         shape = (y.shape[0], self.stack.latent_channels, *y.shape[2:])
         x = noise(shape) if callable(noise) else noise
-        return self.denoise(x, sigmas, cond, desc=desc)
+        x = self.denoise(x, sigmas, cond, desc=desc)
+        keep = getattr(self.stack, "keep_condition", None)  # Wan 2.2 TI2V: the given leading frames, re-substituted
+        return keep(x, y) if keep is not None else x
 
     def denoise(self, x: Tensor, sigmas: Tensor, cond: WindowCond, desc: str = "") -> Tensor:
         """Euler from sigma[0] to the terminal 0 with one sigma per sample: (B, 16, T, h, w) -> x0."""
