@@ -64,6 +64,8 @@ def hashed_config(cfg: DictConfig, request: GenerationRequest, lora_sha: str | N
                              if isinstance(v, str) and Path(v).expanduser().is_file()}
     keep["image_sha256"] = file_sha256(cfg.image) if cfg.image else None
     keep["lora"] = {"sha256": lora_sha, "scale": cfg.lora.scale} if lora_sha else None
+    if lora_sha and cfg.lora.expert:  # only when set, so the hashes of earlier runs stay valid
+        keep["lora"]["expert"] = cfg.lora.expert
     keep["schedule"] = [clip.to_dict() for clip in request.schedule]
     return keep
 
@@ -108,7 +110,7 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
     if cfg.lora.path and not sampler.use_lora:
         warnings.warn(f"sampler={sampler.name} runs the backbone without LoRA: lora.path is ignored")
     elif cfg.lora.path:
-        lora, lora_sha = read_lora(cfg.lora.path), file_sha256(_lora_file(cfg.lora.path))
+        lora, lora_sha = read_lora(cfg.lora.path, cfg.lora.expert), file_sha256(_lora_file(cfg.lora.path))
 
     session = OutputSession(out, hashed_config(cfg, request, lora_sha), fps=fps,
                             save_latents=cfg.save_latents)
@@ -138,7 +140,7 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
         n = merge_lora(stack.transformer, lora, cfg.lora.scale)
         used = set(condition.load_adapter_tensors(lora.extras))
         unused = sorted(set(lora.extras) - used)
-        log.info(f"[svi] merged {lora.layout} LoRA {cfg.lora.path} (rank {lora.rank}, {n} modules"
+        log.info(f"[svi] merged {lora.format} LoRA {cfg.lora.path} (rank {lora.rank}, {n} modules"
                  + (f", {len(used)} adapter tensors of condition '{condition.name}'" if used else "") + ")")
         if unused:
             warnings.warn(f"{cfg.lora.path}: {len(unused)} tensor(s) belong to no module of condition "

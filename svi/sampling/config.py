@@ -27,8 +27,9 @@ class Quantize(str, Enum):
 
 @dataclass
 class LoraFileSchema:
-    path: Optional[str] = None  # our adapter (file or directory) or an official SVI LoRA file; null: none
+    path: Optional[str] = None  # our adapter, an official SVI (DiffSynth) or a ComfyUI Wan LoRA; null: none
     scale: float = 1.0  # multiplies alpha / r (the official inference merges with --lora_alpha 1.0)
+    expert: Optional[str] = None  # high | low: one Wan 2.2 expert of a diffusers file holding both
 
 
 @dataclass
