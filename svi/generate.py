@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 import svi.config  # noqa: F401  (registers the typed schemas before composition)
 import svi.sampling.config  # noqa: F401
+from svi.backbones.lowmem import LowMemSpec, place_stack
 from svi.backbones.official import merge_lora, read_lora
 from svi.paths import CONF_DIR
 from svi.sampling.base import GenerationRequest
@@ -64,6 +65,8 @@ def hashed_config(cfg: DictConfig, request: GenerationRequest, lora_sha: str | N
                              if isinstance(v, str) and Path(v).expanduser().is_file()}
     keep["image_sha256"] = file_sha256(cfg.image) if cfg.image else None
     keep["lora"] = {"sha256": lora_sha, "scale": cfg.lora.scale} if lora_sha else None
+    if cfg.lowmem.fp8:  # fp8 storage changes the numbers (offloading does not); only when set, as above
+        keep["fp8"] = True
     if lora_sha and cfg.lora.expert:  # only when set, so the hashes of earlier runs stay valid
         keep["lora"]["expert"] = cfg.lora.expert
     keep["schedule"] = [clip.to_dict() for clip in request.schedule]
@@ -135,9 +138,11 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
         raise ValueError("an image-to-video backbone needs image=PATH (the first frame and reference)")
     if sampler.use_lora:  # the condition type's adapters (none for shot and film), then what the file holds
         condition.attach(stack.transformer)
-    stack = stack.to(_device(cfg.device))
+    device, lowmem = _device(cfg.device), LowMemSpec(**OmegaConf.to_container(cfg.lowmem, enum_to_str=True))
+    if lowmem.offload == "none":
+        stack = stack.to(device)
     if lora is not None:
-        n = merge_lora(stack.transformer, lora, cfg.lora.scale)
+        n = merge_lora(stack.transformer, lora, cfg.lora.scale, device=device)
         used = set(condition.load_adapter_tensors(lora.extras))
         unused = sorted(set(lora.extras) - used)
         log.info(f"[svi] merged {lora.format} LoRA {cfg.lora.path} (rank {lora.rank}, {n} modules"
@@ -145,6 +150,7 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
         if unused:
             warnings.warn(f"{cfg.lora.path}: {len(unused)} tensor(s) belong to no module of condition "
                           f"'{condition.name}' and are not used, e.g. {unused[:4]}")
+    place_stack(stack, device, lowmem)  # after the merge: fp8 rounds W + BA once; offloading hooks last
     sampler.bind(stack)
 
     bar = tqdm(total=total, initial=point.chunks_done, desc="clips", unit="clip", disable=not cfg.progress)

@@ -362,8 +362,12 @@ def _shape_error(name: str, weights: LoraWeights, got: tuple, want: tuple, trans
 
 
 @torch.no_grad()
-def merge_lora(transformer: nn.Module, weights: LoraWeights, scale: float = 1.0) -> int:
+def merge_lora(transformer: nn.Module, weights: LoraWeights, scale: float = 1.0,
+               device: str | torch.device | None = None) -> int:
     """W <- W + scale * (alpha / r) * B @ A for every module, computed in fp32; returns the count.
+
+    `device`: where B @ A is computed (default: beside the weight), e.g. the GPU for a transformer kept on
+    the CPU by offloading.
 
     Every module must exist and be a Linear of matching shape: a LoRA for another model fails here
     instead of silently doing nothing.
@@ -382,7 +386,8 @@ def merge_lora(transformer: nn.Module, weights: LoraWeights, scale: float = 1.0)
         w = layer.weight
         if (b.shape[0], a.shape[1]) != tuple(w.shape):
             raise _shape_error(name, weights, (b.shape[0], a.shape[1]), tuple(w.shape), transformer)
-        delta = b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)
+        on = torch.device(device) if device is not None else w.device
+        delta = (b.to(on, torch.float32) @ a.to(on, torch.float32)).to(w.device)
         w.copy_((w.float() + (scale * s) * delta).to(w.dtype))
     return len(weights.modules)
 

@@ -20,6 +20,13 @@ class ImageResize(str, Enum):
     stretch = "stretch"  # exactly height x width
 
 
+class Offload(str, Enum):
+    none = "none"  # every component on the device
+    model = "model"  # each component on the device only while it runs
+    group = "group"  # the transformer's blocks come to the device a group at a time
+    sequential = "sequential"  # the transformer's leaf modules come one at a time (least memory, slowest)
+
+
 class Quantize(str, Enum):
     truncate = "truncate"  # frames to uint8 by truncation (official)
     round = "round"  # by rounding (diffusers)
@@ -33,12 +40,21 @@ class LoraFileSchema:
 
 
 @dataclass
+class LowMemSchema:
+    fp8: bool = False  # transformer weights stored in float8_e4m3fn, computed in the loaded dtype
+    offload: Offload = Offload.none
+    blocks_per_group: int = 1  # offload=group: transformer blocks per group
+    stream: bool = False  # offload=group on CUDA: prefetch the next group on a side stream
+
+
+@dataclass
 class GenerateSchema:
     backbone: Any = MISSING
     condition: Any = MISSING
     flow: Any = MISSING
     sampler: Any = MISSING
     lora: LoraFileSchema = field(default_factory=LoraFileSchema)
+    lowmem: LowMemSchema = field(default_factory=LowMemSchema)
     task_name: str = "generate"
     experiment_name: str = MISSING
     image: Optional[str] = MISSING  # null only for a text-to-video backbone
