@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 import svi.config  # noqa: F401  (registers the typed schemas before composition)
 import svi.sampling.config  # noqa: F401
+from svi.backbones.lowmem import LowMemSpec, place_stack
 from svi.backbones.official import merge_lora, read_lora
 from svi.paths import CONF_DIR
 from svi.sampling.base import GenerationRequest
@@ -64,6 +65,10 @@ def hashed_config(cfg: DictConfig, request: GenerationRequest, lora_sha: str | N
                              if isinstance(v, str) and Path(v).expanduser().is_file()}
     keep["image_sha256"] = file_sha256(cfg.image) if cfg.image else None
     keep["lora"] = {"sha256": lora_sha, "scale": cfg.lora.scale} if lora_sha else None  # sha: "high+low" for 2 experts
+    if cfg.lowmem.fp8:  # fp8 storage changes the numbers (offloading does not); only when set, as above
+        keep["fp8"] = True
+    if lora_sha and cfg.lora.expert:  # only when set, so the hashes of earlier runs stay valid
+        keep["lora"]["expert"] = cfg.lora.expert
     keep["schedule"] = [clip.to_dict() for clip in request.schedule]
     return keep
 
@@ -110,7 +115,9 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
     elif cfg.lora.path or cfg.lora.path_low:
         files = expert_lora_files(cfg.lora.path, cfg.lora.path_low,
                                   two_experts="transformer_2" in (cfg.backbone.get("components") or []))
-        loras = {name: read_lora(f) for name, f in files.items()}
+        # two experts: each file gives its own expert's part (a diffusers file may hold both); one DiT: lora.expert
+        experts = {"transformer": "high", "transformer_2": "low"} if len(files) == 2 else {"transformer": cfg.lora.expert}
+        loras = {name: read_lora(f, experts[name]) for name, f in files.items()}
         lora_sha = "+".join(file_sha256(_lora_file(str(f))) for f in files.values())
     lora = loras.get("transformer")
 
@@ -141,19 +148,22 @@ def generate(cfg: DictConfig, on_commit: Callable | None = None) -> dict:
         raise ValueError("an image-to-video backbone needs image=PATH (the first frame and reference)")
     if sampler.use_lora:  # the condition type's adapters (none for shot and film), then what the file holds
         condition.attach(stack.transformer)
-    stack = stack.to(_device(cfg.device))
+    device, lowmem = _device(cfg.device), LowMemSpec(**OmegaConf.to_container(cfg.lowmem, enum_to_str=True))
+    if lowmem.offload == "none":
+        stack = stack.to(device)
     if "transformer_2" in loras:  # the low-noise expert's LoRA
-        n2 = merge_lora(stack.transformer_2, loras["transformer_2"], cfg.lora.scale)
-        log.info(f"[svi] merged {loras['transformer_2'].layout} LoRA into the low-noise expert ({n2} modules)")
+        n2 = merge_lora(stack.transformer_2, loras["transformer_2"], cfg.lora.scale, device=device)
+        log.info(f"[svi] merged {loras['transformer_2'].format} LoRA into the low-noise expert ({n2} modules)")
     if lora is not None:
-        n = merge_lora(stack.transformer, lora, cfg.lora.scale)
+        n = merge_lora(stack.transformer, lora, cfg.lora.scale, device=device)
         used = set(condition.load_adapter_tensors(lora.extras))
         unused = sorted(set(lora.extras) - used)
-        log.info(f"[svi] merged {lora.layout} LoRA {cfg.lora.path} (rank {lora.rank}, {n} modules"
+        log.info(f"[svi] merged {lora.format} LoRA {cfg.lora.path} (rank {lora.rank}, {n} modules"
                  + (f", {len(used)} adapter tensors of condition '{condition.name}'" if used else "") + ")")
         if unused:
             warnings.warn(f"{cfg.lora.path}: {len(unused)} tensor(s) belong to no module of condition "
                           f"'{condition.name}' and are not used, e.g. {unused[:4]}")
+    place_stack(stack, device, lowmem)  # after the merge: fp8 rounds W + BA once; offloading hooks last
     sampler.bind(stack)
 
     bar = tqdm(total=total, initial=point.chunks_done, desc="clips", unit="clip", disable=not cfg.progress)

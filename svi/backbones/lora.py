@@ -65,7 +65,7 @@ def attach_lora(transformer: nn.Module, spec: LoraSpec, adapter_name: str = "def
 
 
 def init_lora_from(transformer: nn.Module, path: str | Path, spec: LoraSpec, adapter_name: str = "default"):
-    """Set the freshly attached LoRA to the one in `path` (official, DiffSynth or diffusers keys): the
+    """Set the freshly attached LoRA to the one in `path` (diffusers, DiffSynth or ComfyUI keys): the
     official SVI-Dance run starts from UniAnimate-DiT's LoRA this way. Each module's B is rescaled so that
     (our alpha / r) B A equals the file's; a module the file lacks stays at zero. Returns the file's weights
     (its non-LoRA tensors, e.g. a pose encoder, are in `.extras` for the condition type)."""
@@ -78,15 +78,23 @@ def init_lora_from(transformer: nn.Module, path: str | Path, spec: LoraSpec, ada
     missing = sorted(set(weights.modules) - wrapped)
     if missing:
         raise ValueError(f"lora.init_path {path}: {len(missing)} LoRA module(s) are not adapted here, e.g. "
-                         f"{missing[:3]}: a LoRA for another model, or lora.targets {list(spec.targets)} differ")
+                         f"{missing[:3]}: a LoRA for another model ({weights.describe()}), or lora.targets "
+                         f"{list(spec.targets)} differ")
     with torch.no_grad():
         for name, (a, b, s) in weights.modules.items():
             layer = named[name]
             lora_a, lora_b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
+            key = weights.keys.get(name, name)
+            if a.shape[1] != lora_a.shape[1] or b.shape[0] != lora_b.shape[0]:
+                raise ValueError(f"lora.init_path {path}: key {key} has lora_A {tuple(a.shape)} and lora_B "
+                                 f"{tuple(b.shape)}, but module {name} here takes ({spec.rank}, "
+                                 f"{lora_a.shape[1]}) and ({lora_b.shape[0]}, {spec.rank}): the file seems to "
+                                 f"be for {weights.describe()} (a LoRA for a different Wan model)")
             if a.shape != lora_a.shape or b.shape != lora_b.shape:
-                raise ValueError(f"lora.init_path {path}: module {name} has rank {a.shape[0]} ({tuple(a.shape)}, "
+                raise ValueError(f"lora.init_path {path}: key {key} has rank {a.shape[0]} ({tuple(a.shape)}, "
                                  f"{tuple(b.shape)}) but lora.rank is {spec.rank} ({tuple(lora_a.shape)}, "
-                                 f"{tuple(lora_b.shape)}): set lora.rank to the file's rank")
+                                 f"{tuple(lora_b.shape)}): set lora.rank to the file's rank "
+                                 f"(lora.rank={a.shape[0]})")
             lora_a.copy_(a.to(lora_a))
             lora_b.copy_((b.float() * (s / scale)).to(lora_b))
     return weights

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from svi.backbones.lowmem import execution_device
 from svi.conditions.audio import (SAMPLE_RATE, AudioReadError, Wav2Vec2Features, audio_info, loudness_gain,
                                   read_audio, stretch)
 from svi.conditions.base import ClipGeometry, ClipSpan, Condition
@@ -364,7 +365,7 @@ class TalkCondition(Condition):
                     geometry: ClipGeometry) -> dict[str, Tensor]:
         """Clip i's features: frames [i (F - K), i (F - K) + F) of the audio, +/- 2 frames of context (clamped
         at the start as officially; silence past the end)."""
-        device = stack.transformer.device if stack is not None else "cpu"
+        device = execution_device(stack) if stack is not None else "cpu"
         speech = self._whole_speech(inputs, device)  # (n, L, D)
         F_, K = geometry.num_frames, self.num_motion_frames
         first = index * (F_ - K)

@@ -20,6 +20,13 @@ class ImageResize(str, Enum):
     stretch = "stretch"  # exactly height x width
 
 
+class Offload(str, Enum):
+    none = "none"  # every component on the device
+    model = "model"  # each component on the device only while it runs
+    group = "group"  # the transformer's blocks come to the device a group at a time
+    sequential = "sequential"  # the transformer's leaf modules come one at a time (least memory, slowest)
+
+
 class Quantize(str, Enum):
     truncate = "truncate"  # frames to uint8 by truncation (official)
     round = "round"  # by rounding (diffusers)
@@ -27,9 +34,18 @@ class Quantize(str, Enum):
 
 @dataclass
 class LoraFileSchema:
-    path: Optional[str] = None  # our adapter (file or directory) or an official SVI LoRA file; null: none
+    path: Optional[str] = None  # our adapter, an official SVI (DiffSynth) or a ComfyUI Wan LoRA; null: none
     path_low: Optional[str] = None  # Wan2.2-A14B: the low-noise expert's LoRA (lora.path is the high-noise one's)
     scale: float = 1.0  # multiplies alpha / r (the official inference merges with --lora_alpha 1.0)
+    expert: Optional[str] = None  # high | low: one Wan 2.2 expert of a diffusers file holding both
+
+
+@dataclass
+class LowMemSchema:
+    fp8: bool = False  # transformer weights stored in float8_e4m3fn, computed in the loaded dtype
+    offload: Offload = Offload.none
+    blocks_per_group: int = 1  # offload=group: transformer blocks per group
+    stream: bool = False  # offload=group on CUDA: prefetch the next group on a side stream
 
 
 @dataclass
@@ -39,6 +55,7 @@ class GenerateSchema:
     flow: Any = MISSING
     sampler: Any = MISSING
     lora: LoraFileSchema = field(default_factory=LoraFileSchema)
+    lowmem: LowMemSchema = field(default_factory=LowMemSchema)
     task_name: str = "generate"
     experiment_name: str = MISSING
     image: Optional[str] = MISSING  # null only for a text-to-video backbone

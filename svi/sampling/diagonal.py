@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from svi.backbones.lowmem import execution_device
 from svi.config import as_dataclass
 from svi.flow import FlowConfig, add_noise, inference_sigmas
 from svi.sampling.base import Chunk, Denoiser, EulerSolver, GenerationRequest, LongVideoSampler, WindowCond
@@ -289,7 +290,7 @@ class DiagonalSampler(LongVideoSampler):
         f = self.window_latents(num_frames)
         cfg = self.stack.transformer.config
         self.check_window(f, max_window=getattr(cfg, "rope_max_seq_len", None))
-        device = self.stack.transformer.device
+        device = execution_device(self.stack)
         probe = self.stack.encode_video(torch.zeros(1, 3, 1, height, width))  # one frame: the latent grid
         latent_shape = (self.stack.latent_channels, *probe.shape[-2:])
         ref = None if ref is None else ref.to(device)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from svi.backbones.lowmem import execution_device
 from svi.conditions import ClipGeometry, Condition
 from svi.config import as_dataclass
 from svi.flow import FlowConfig, inference_sigmas
@@ -130,7 +131,7 @@ class SVIClipSampler(LongVideoSampler):
         self.validate(request)
         if self.stack is None:
             raise RuntimeError("SVIClipSampler.stream needs a backbone: call bind(stack) first")
-        device = self.stack.transformer.device
+        device = execution_device(self.stack)
         ref = request.image.to(device)  # (1, 3, H, W)
         F, K = request.num_frames, self.num_motion_frames
         sigmas = inference_sigmas(self.flow.num_inference_steps, self.flow.shift)  # (N,) descending
