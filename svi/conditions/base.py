@@ -228,13 +228,24 @@ class Condition:
 
     def guide(self, velocity, cond) -> Tensor:
         """Classifier-free guidance of one denoiser call: `velocity(text, extras)` runs the DiT (inside this
-        type's forward context); `cond` is the window's `WindowCond`. Text only by default:
-        `v = v_neg + cfg (v_pos - v_neg)` (as diffusers; `cfg <= 1`: the positive branch alone)."""
-        v = velocity(cond.text, cond.extras)
+        type's forward context); `cond` is the window's `WindowCond`. The branches come from
+        `guidance_branches` and are combined by `combine_guidance`; a type overrides those two (then the
+        `Denoiser` can run the branches on several processes, `svi.sampling.parallel`)."""
+        return self.combine_guidance([velocity(text, extras) for text, extras in self.guidance_branches(cond)], cond)
+
+    def guidance_branches(self, cond) -> list[tuple[Tensor, Mapping[str, Tensor]]]:
+        """The (text, extras) of each network evaluation of one guided step, independent of each other.
+        Text only by default: positive, then negative (`cfg <= 1`: the positive branch alone)."""
         if cond.cfg > 1 and cond.negative_text is not None:
-            v_neg = velocity(cond.negative_text, cond.extras)
-            v = v_neg + cond.cfg * (v - v_neg)  # combined in fp32 even for a bf16 backbone
-        return v
+            return [(cond.text, cond.extras), (cond.negative_text, cond.extras)]
+        return [(cond.text, cond.extras)]
+
+    def combine_guidance(self, velocities: Sequence[Tensor], cond) -> Tensor:
+        """The guided velocity from the branches' (as diffusers: `v = v_neg + cfg (v_pos - v_neg)`)."""
+        if len(velocities) == 1:
+            return velocities[0]
+        v, v_neg = velocities
+        return v_neg + cond.cfg * (v - v_neg)  # combined in fp32 even for a bf16 backbone
 
     def adapter_state_dict(self) -> dict[str, Tensor]:
         """The trainable adapter tensors, named as in the official files (exported beside the LoRA)."""

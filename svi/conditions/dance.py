@@ -208,12 +208,12 @@ class DanceCondition(Condition):
         finally:
             self._pose = None
 
-    def guide(self, velocity, cond) -> Tensor:
+    def guidance_branches(self, cond) -> list:
+        """The negative branch leaves the pose out too (unless `uncond_pose`); combined as text CFG."""
         if self.uncond_pose or cond.cfg <= 1 or cond.negative_text is None:
-            return super().guide(velocity, cond)
+            return super().guidance_branches(cond)
         no_pose = {k: v for k, v in cond.extras.items() if k != "pose"}
-        v_pos, v_neg = velocity(cond.text, cond.extras), velocity(cond.negative_text, no_pose)
-        return v_neg + cond.cfg * (v_pos - v_neg)
+        return [(cond.text, cond.extras), (cond.negative_text, no_pose)]
 
     def adapter_state_dict(self) -> dict[str, Tensor]:
         return {f"dwpose_embedding.{k}": v for k, v in self.encoder.state_dict().items()}

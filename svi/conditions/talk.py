@@ -287,15 +287,20 @@ class TalkCondition(Condition):
         finally:
             self._features = None  # the tokens stay for the backward recomputation (see `_project`)
 
-    def guide(self, velocity, cond) -> Tensor:
-        """Three passes: v_uncond + s_text (v_cond - v_drop_text) + s_audio (v_drop_text - v_uncond)."""
+    def guidance_branches(self, cond) -> list:
+        """Three passes: cond, drop_text (negative prompt, speech), uncond (negative prompt, silence)."""
         s_text = self.text_cfg if self.text_cfg is not None else cond.cfg
-        v_cond = velocity(cond.text, cond.extras)
         if cond.negative_text is None or (s_text == 1 and self.audio_cfg == 1) or "audio" not in cond.extras:
-            return v_cond
+            return [(cond.text, cond.extras)]
         silent = {**cond.extras, "audio": torch.zeros_like(cond.extras["audio"])}
-        v_drop_text = velocity(cond.negative_text, cond.extras)
-        v_uncond = velocity(cond.negative_text, silent)
+        return [(cond.text, cond.extras), (cond.negative_text, cond.extras), (cond.negative_text, silent)]
+
+    def combine_guidance(self, velocities, cond) -> Tensor:
+        """v_uncond + s_text (v_cond - v_drop_text) + s_audio (v_drop_text - v_uncond)."""
+        if len(velocities) == 1:
+            return velocities[0]
+        v_cond, v_drop_text, v_uncond = velocities
+        s_text = self.text_cfg if self.text_cfg is not None else cond.cfg
         return v_uncond + s_text * (v_cond - v_drop_text) + self.audio_cfg * (v_drop_text - v_uncond)
 
     def _adapter_modules(self) -> dict[str, nn.Module]:

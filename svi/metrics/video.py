@@ -5,8 +5,9 @@ metric is computed one segment at a time from a `VideoSource`; only small per-fr
 per-frame feature vectors are kept.
 
 Segments are aligned to the generator's clips: `svi-generate` writes one `state/clip_NNNN.json` per
-committed clip with the number of frames that clip emitted (F - K for every clip but the last, F for
-the last), so segment i = the frames clip i added to `video.mp4`. Without that state (a plain video),
+committed clip with the number of frames that clip emitted (F - K for every clip; the last one's K
+hand-off frames are its `tail`, which ends the video), so segment i = the frames clip i added to
+`video.mp4`. Without that state (a plain video),
 fixed windows of `segment_seconds` are used.
 """
 
@@ -162,7 +163,10 @@ def open_run(path: str | Path) -> GeneratedRun:
     counts = []
     if state.is_dir():
         files = sorted((int(m.group(1)), p) for p in state.iterdir() if (m := _CLIP_STATE.match(p.name)))
-        counts = [int(json.loads(p.read_text())["frames"]) for _, p in files]
+        states = [json.loads(p.read_text()) for _, p in files]
+        counts = [int(s["frames"]) for s in states]
+        if states:  # the last clip's hand-off frames end the video (written apart, see OutputSession)
+            counts[-1] += int(states[-1].get("tail", 0))
     fps = float(config.get("fps") or FileVideo(video).fps)
     cond = config.get("condition") or {}
     return GeneratedRun(path, video, fps, counts, config.get("num_frames"), cond.get("num_motion_frames"), config)

@@ -61,6 +61,9 @@ class Chunk:
     carry: dict[str, Tensor] = field(default_factory=dict)  # small tensors restored on resume
     info: dict = field(default_factory=dict)  # JSON-able facts for the state file (seed, prompt, ...)
     latents: Tensor | None = None  # the chunk's clean latents (SVI: the clip's x0), kept with save_latents
+    # The last `tail` frames of `frames` end the video only while this chunk is the last one: a stream that
+    # goes on past it drops them (SVI: the last clip's K hand-off frames, which a next clip re-creates).
+    tail: int = 0
 
 
 @dataclass
@@ -81,14 +84,16 @@ class Denoiser:
     `sigma` is `(B,)` (one level per sample, SVI) or `(B, T)` (one level per latent frame, FIFO/MIGA). A
     `(B, T)` sigma that is equal along T takes the scalar path, so both give bit-identical results.
     Guidance is the condition type's (`Condition.guide`): by default diffusers' text CFG,
-    `v = v_neg + cfg (v_pos - v_neg)`, the branches run one after the other (a batch of 2 would double
-    peak activation memory on a 14B model). Each branch runs inside the condition's `forward_context`, so
-    its adapters see that branch's extra inputs.
+    `v = v_neg + cfg (v_pos - v_neg)`, the branches (`Condition.guidance_branches`) run one after the other
+    (a batch of 2 would double peak activation memory on a 14B model), or, with `parallel`, on different
+    processes (CFG-parallel, `svi.sampling.parallel`). Each branch runs inside the condition's
+    `forward_context`, so its adapters see that branch's extra inputs.
     """
 
-    def __init__(self, stack, condition: Condition | None = None):
+    def __init__(self, stack, condition: Condition | None = None, parallel=None):
         self.stack = stack
         self.condition = condition or Condition()  # the plain I2V condition: text guidance, no extras
+        self.parallel = parallel  # a `svi.sampling.parallel.CFGParallel`: the branches on several processes
 
     def timesteps(self, x: Tensor, sigma: Tensor) -> Tensor:
         if sigma.ndim == 2 and bool((sigma == sigma[:, :1]).all()):
@@ -108,7 +113,13 @@ class Denoiser:
             with condition.forward_context(extras):
                 return self.stack.velocity(x, cond.y, t, text, cond.image).float()
 
-        return condition.guide(velocity, cond)  # text CFG unless the condition type guides otherwise
+        if type(condition).guide is not Condition.guide:  # a type that guides its own way: all on this process
+            return condition.guide(velocity, cond)
+        branches = condition.guidance_branches(cond)  # text CFG unless the condition type guides otherwise
+        calls = [lambda text=text, extras=extras: velocity(text, extras) for text, extras in branches]
+        if self.parallel is not None:
+            return condition.combine_guidance(self.parallel.run(calls, like=x), cond)
+        return condition.combine_guidance([call() for call in calls], cond)
 
 
 class EulerSolver:
@@ -123,6 +134,9 @@ class LongVideoSampler(ABC):
 
     #: Whether the entrypoint merges `lora.path` into the backbone for this sampler.
     use_lora: bool = True
+    #: Whether a chunk depends only on the schedule entries up to it, so a finished run can be continued
+    #: with more clips (the resume check then compares the committed clips' entries, not the whole schedule).
+    extendable: bool = False
 
     def bind(self, stack) -> "LongVideoSampler":
         """Give the sampler its backbone; configuration and `validate` run before weights are loaded."""

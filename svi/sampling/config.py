@@ -58,7 +58,8 @@ class GenerateSchema:
     lowmem: LowMemSchema = field(default_factory=LowMemSchema)
     task_name: str = "generate"
     experiment_name: str = MISSING
-    image: Optional[str] = MISSING  # null only for a text-to-video backbone
+    image: Optional[str] = MISSING  # null only for a text-to-video backbone; may be left out with `video`
+    video: Optional[str] = None  # an existing video to continue (its last K frames start clip 0)
     prompts: str = MISSING
     inputs: Dict[str, Any] = field(default_factory=dict)
     num_clips: Optional[int] = None

@@ -49,14 +49,79 @@ def load_image(path: str | Path, height: int, width: int, resize: str = "stretch
         raise FileNotFoundError(f"input image {path} does not exist (image=PATH)")
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            h, w = generation_size(im.size, height, width, resize, max_width)
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BICUBIC)
-            arr = np.asarray(im, dtype=np.uint8).copy()
+            arr = fit_frames(np.array(im.convert("RGB"), dtype=np.uint8)[None], height, width, resize, max_width)
     except UnidentifiedImageError as err:
         raise ValueError(f"input image {path} is not an image file PIL can read") from err
-    return from_uint8(torch.from_numpy(arr)[None]).squeeze(2)
+    return from_uint8(torch.from_numpy(arr)).squeeze(2)
+
+
+def fit_frames(frames: np.ndarray, height: int, width: int, resize: str = "stretch",
+               max_width: int | None = None) -> np.ndarray:
+    """(n, h, w, 3) uint8 -> (n, H, W, 3) uint8 at `generation_size` of their size (bicubic, as images)."""
+    from PIL import Image
+
+    h, w = generation_size((frames.shape[2], frames.shape[1]), height, width, resize, max_width)
+    if frames.shape[1:3] == (h, w):
+        return np.ascontiguousarray(frames)
+    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8)
+                     for f in frames])
+
+
+def _stream_fps(path: Path) -> float | None:
+    """The frame rate the container declares (ffmpeg's), or None; decord's average is off for short videos."""
+    try:
+        import imageio_ffmpeg
+
+        frames = imageio_ffmpeg.read_frames(str(path))
+        meta = next(frames)
+        frames.close()
+        return float(meta["fps"])
+    except Exception:
+        return None
+
+
+class InputVideo:
+    """A video to continue (`video=PATH`): opened and checked before any compute, frames read on demand.
+
+    Frames are sized like the input image (`fit_frames`); `motion(K)` gives the last K of them.
+    """
+
+    def __init__(self, path: str | Path, min_frames: int, height: int, width: int, resize: str = "keep_aspect",
+                 max_width: int | None = None):
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise FileNotFoundError(f"video={self.path} does not exist: pass the video to continue")
+        try:
+            import decord
+
+            reader = decord.VideoReader(str(self.path), ctx=decord.cpu(0))
+            n = len(reader)
+            self.fps = _stream_fps(self.path) or float(reader.get_avg_fps())
+            first = reader[0].asnumpy()[None] if n else None
+        except Exception as err:  # decord raises its own error types for files it cannot open
+            raise ValueError(f"video={self.path} cannot be read as a video ({type(err).__name__}: "
+                             f"{str(err).strip()[:200]}); pass an mp4 or another file ffmpeg reads") from err
+        if n == 0:
+            raise ValueError(f"video={self.path} holds no frames; pass a video with frames")
+        if n < min_frames:
+            raise ValueError(f"video={self.path} has {n} frame(s), fewer than the {min_frames} a continuation "
+                             f"needs (the condition's motion frames and at least one more); pass a longer video, "
+                             f"or image= to start from a single frame")
+        self.num_frames = n
+        self._size = (height, width, resize, max_width)
+        self.first = fit_frames(first, *self._size)  # (1, H, W, 3)
+        self.height, self.width = self.first.shape[1:3]
+
+    def frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        """The chosen frames (all by default), sized: (n, H, W, 3) uint8."""
+        import decord
+
+        reader = decord.VideoReader(str(self.path), ctx=decord.cpu(0))
+        indices = list(range(len(reader))) if indices is None else list(indices)
+        return fit_frames(reader.get_batch(indices).asnumpy(), *self._size)
+
+    def motion(self, k: int) -> np.ndarray:
+        return self.frames(range(self.num_frames - k, self.num_frames))
 
 
 def quantize_frames(video: Tensor, quantize: str = "truncate") -> Tensor:

@@ -71,6 +71,9 @@ def clip_noise(seed: int, shape: tuple[int, ...]) -> Tensor:
 class SVIClipSampler(LongVideoSampler):
     """One window per clip, scalar sigma per step, hand-off through the condition.
 
+    Clip i depends on the schedule entries 0..i only, so a run can be extended (`extendable`), and a
+    stream may start from any K frames given as `carry["motion"]` (`video=`: an existing video's last K).
+
     Args:
         condition: the `Condition` (or subclass) that builds `y`, shared with training.
         stack: a `WanStack` (LoRA, if any, already merged), here or later through `bind`.
@@ -82,6 +85,8 @@ class SVIClipSampler(LongVideoSampler):
         quantize: `truncate` (official) | `round`: how decoded frames become uint8 (written and handed over).
         progress: show a progress bar over the denoising steps of each clip.
     """
+
+    extendable = True
 
     def __init__(self, condition: Condition, stack=None, flow: Any = None, handoff: str = "pixel",
                  first_clip: str = "single", use_lora: bool = True, stock_condition: bool = False,
@@ -161,7 +166,7 @@ class SVIClipSampler(LongVideoSampler):
                 carry["latents"] = x[:, :, -motion_latent_frames(K):].detach().cpu().clone()
             yield Chunk(index=i, frames=frames if last else frames[:-K], cursor=i + 1, carry=carry,
                         info={"clip": i, "seed": spec.seed, "cfg": spec.cfg, "prompt": spec.prompt},
-                        latents=x.detach().cpu())
+                        latents=x.detach().cpu(), tail=K if last else 0)
 
     def sample_clip(self, motion: Tensor, ref: Tensor, num_frames: int, text: Tensor, noise,
                     negative_text: Tensor | None = None, cfg: float = 1.0, prev_latents: Tensor | None = None,

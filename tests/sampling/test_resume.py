@@ -54,7 +54,9 @@ def test_uninterrupted_run_writes_video_segments_and_state(reference, variant):
     assert summary["clips_done"] == 2 and summary["frames"] == 2 * (F - K) + K
     video = _frames(out)
     assert video.shape == (2 * (F - K) + K, 32, 32, 3)
-    assert np.array_equal(video, np.concatenate([read_mp4(out / f"clips/clip_{k:04d}.mp4") for k in range(2)]))
+    segments = [out / "clips/clip_0000.mp4", out / "clips/clip_0001.mp4", out / "clips/clip_0001.tail.mp4"]
+    assert np.array_equal(video, np.concatenate([read_mp4(p) for p in segments]))  # the last clip's K: its tail
+    assert len(read_mp4(segments[-1])) == K
     assert np.abs(video.astype(int) - emitted).mean() < 12  # lossy H.264 of the emitted frames
     state = json.loads((out / "state/clip_0000.json").read_text())
     assert (state["clip"], state["cursor"], state["seed"], state["frames"]) == (0, 1, 0, F - K)
@@ -99,7 +101,8 @@ def test_crash_after_clip_0_state_then_resume_equals_uninterrupted(reference, tm
         generate(_cfg(out, image, prompts))
     generate(_cfg(out, image, prompts, "resume=true"))
     assert np.array_equal(_frames(out), _frames(runs["shot_pixel"][0]))
-    assert sorted(p.name for p in (out / "clips").iterdir()) == ["clip_0000.mp4", "clip_0001.mp4"]
+    assert sorted(p.name for p in (out / "clips").iterdir()) == ["clip_0000.mp4", "clip_0001.mp4",
+                                                                  "clip_0001.tail.mp4"]
     assert not list(out.glob("video.tmp*")) and not list((out / "state").glob("*.tmp"))
     done = generate(_cfg(out, image, prompts, "resume=true"))  # finished: nothing to do
     assert done["clips_done"] == 2
