@@ -25,7 +25,7 @@ pay the replacement search of a full bucket as in steady-state training.
     python benchmarks/gpu_full_size.py --model 1.3b                   # ~1 minute on an H100
     python benchmarks/gpu_full_size.py --model 14b --steps 6          # needs ~70 GiB of GPU memory
     python benchmarks/gpu_full_size.py --model 14b --replacement l2   # the exact search (slow at Z=500)
-    python benchmarks/gpu_full_size.py --model a14b --steps 4         # both experts resident: ~140 GiB class GPU
+    python benchmarks/gpu_full_size.py --model a14b --steps 4         # both experts resident (~57 GB of bf16 weights)
     python benchmarks/gpu_full_size.py --model 5b --steps 6
     python benchmarks/gpu_full_size.py --model 14b --attention-backend _native_cudnn --compile \
         --selective-checkpointing 2                                   # the MFU options (each off by default)
@@ -351,7 +351,7 @@ def main() -> None:
                 step(kind, part)
 
     def mfu(seconds: float) -> str:
-        return f"MFU {3 * flops / seconds / (peak * 1e12) * 100:.1f} %" if peak else "MFU n/a (no --peak-tflops)"
+        return f"MFU {3 * flops / seconds / (peak * 1e12) * 100:.1f} %" if peak else "MFU n/a: no peak known"
 
     for part in parts:
         med = {k: statistics.median(timings[(part, k)]) for k in ("plain", "erft", "erft: insert")}
