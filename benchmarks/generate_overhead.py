@@ -29,10 +29,8 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=6)
     args = ap.parse_args()
 
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
     from omegaconf import OmegaConf
     from PIL import Image
-    from transformers import CLIPImageProcessor
 
     from svi.backbones import build_tiny_wan
     from svi.conditions import Condition
@@ -40,6 +38,8 @@ def main() -> None:
     from svi.sampling import GenerationRequest, OutputSession, SVIClipSampler, build_schedule
     from svi.sampling.media import load_image
     from svi.sampling.svi_clip import clip_noise
+    sys.path.insert(0, str(Path(__file__).parent))
+    from wan_pipeline import reference_pipeline
 
     F, H, W = 17, 64, 64
     cfg = OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/backbone/tiny.yaml"), resolve=True)
@@ -54,18 +54,7 @@ def main() -> None:
     sampler = SVIClipSampler(Condition("k1", num_motion_frames=1, ref_pad_num=0), stack=stack,
                              flow={"num_inference_steps": args.steps, "shift": 5.0}, progress=False)
 
-    class SVISigmas(FlowMatchEulerDiscreteScheduler):
-        def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
-            super().set_timesteps(sigmas=np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist(), device=device)
-
-    processor = CLIPImageProcessor(size={"shortest_edge": stack.image_size},
-                                   crop_size={"height": stack.image_size, "width": stack.image_size},
-                                   image_mean=stack.image_mean.flatten().tolist(),
-                                   image_std=stack.image_std.flatten().tolist())
-    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=stack.vae, scheduler=SVISigmas(shift=5.0),
-                                   transformer=stack.transformer, image_encoder=stack.image_encoder,
-                                   image_processor=processor)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_pipeline(stack, shift=5.0)
     text = stack.encode_text([schedule[0].prompt])
     negative = stack.encode_text([schedule[0].negative_prompt])
     T = 1 + (F - 1) // 4

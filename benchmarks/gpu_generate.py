@@ -81,15 +81,15 @@ def build(args, device):
 def child(args, mode: str) -> None:
     import numpy as np
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
     from PIL import Image
-    from transformers import CLIPImageProcessor
 
     from svi.backbones.lowmem import LowMemSpec, place_stack
     from svi.conditions import Condition
     from svi.sampling import GenerationRequest, SVIClipSampler, build_schedule
     from svi.sampling.media import load_image
     from svi.sampling.svi_clip import clip_noise
+    sys.path.insert(0, str(Path(__file__).parent))
+    from wan_pipeline import reference_pipeline
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -120,18 +120,7 @@ def child(args, mode: str) -> None:
         s._text_cache[spec0.prompt], s._text_cache[spec0.negative_prompt] = text, negative  # no text encoder
         return s
 
-    class SVISigmas(FlowMatchEulerDiscreteScheduler):  # our sigmas: shift(linspace(1, 0, N + 1)[:-1])
-        def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
-            super().set_timesteps(sigmas=np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist(), device=device)
-
-    processor = CLIPImageProcessor(size={"shortest_edge": stack.image_size},
-                                   crop_size={"height": stack.image_size, "width": stack.image_size},
-                                   image_mean=stack.image_mean.flatten().tolist(),
-                                   image_std=stack.image_std.flatten().tolist())
-    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=stack.vae, scheduler=SVISigmas(shift=5.0),
-                                   transformer=stack.transformer, image_encoder=stack.image_encoder,
-                                   image_processor=processor)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_pipeline(stack, shift=5.0)
     T, s = 1 + (F - 1) // 4, 8
 
     def sync() -> None:
