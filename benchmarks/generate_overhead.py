@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -30,27 +29,21 @@ def main() -> None:
     args = ap.parse_args()
 
     from omegaconf import OmegaConf
-    from PIL import Image
 
     from svi.backbones import build_tiny_wan
     from svi.conditions import Condition
     from svi.paths import CONF_DIR
-    from svi.sampling import GenerationRequest, OutputSession, SVIClipSampler, build_schedule
-    from svi.sampling.media import load_image
+    from svi.sampling import OutputSession, SVIClipSampler
     from svi.sampling.svi_clip import clip_noise
     sys.path.insert(0, str(Path(__file__).parent))
-    from wan_pipeline import reference_pipeline
+    from wan_pipeline import one_clip_request, reference_pipeline
 
     F, H, W = 17, 64, 64
     cfg = OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/backbone/tiny.yaml"), resolve=True)
     stack = build_tiny_wan(**{k: v for k, v in cfg.items() if k != "_target_"})
     tmp = Path(tempfile.mkdtemp())
-    rng = np.random.default_rng(0)
-    pil = Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
-    pil.save(tmp / "image.png")
-    (tmp / "p.txt").write_text("a red disc drifts to the right\n")
-    schedule = build_schedule(tmp / "p.txt", num_clips=1, cfg=5.0)
-    request = GenerationRequest(load_image(tmp / "image.png", H, W), schedule, num_frames=F, height=H, width=W)
+    request, pil = one_clip_request(H, W, F, tmp)
+    schedule = request.schedule
     sampler = SVIClipSampler(Condition("k1", num_motion_frames=1, ref_pad_num=0), stack=stack,
                              flow={"num_inference_steps": args.steps, "shift": 5.0}, progress=False)
 

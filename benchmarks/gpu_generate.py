@@ -79,17 +79,14 @@ def build(args, device):
 
 
 def child(args, mode: str) -> None:
-    import numpy as np
     import torch
-    from PIL import Image
 
     from svi.backbones.lowmem import LowMemSpec, place_stack
     from svi.conditions import Condition
-    from svi.sampling import GenerationRequest, SVIClipSampler, build_schedule
-    from svi.sampling.media import load_image
+    from svi.sampling import SVIClipSampler
     from svi.sampling.svi_clip import clip_noise
     sys.path.insert(0, str(Path(__file__).parent))
-    from wan_pipeline import reference_pipeline
+    from wan_pipeline import one_clip_request, reference_pipeline
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -101,13 +98,9 @@ def child(args, mode: str) -> None:
     built = time.perf_counter() - t0
 
     tmp = Path(tempfile.mkdtemp())
-    rng = np.random.default_rng(0)
-    pil = Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
-    pil.save(tmp / "image.png")
-    (tmp / "p.txt").write_text("a red disc drifts to the right\n")
-    schedule = build_schedule(tmp / "p.txt", num_clips=1, cfg=5.0)
+    request, pil = one_clip_request(H, W, F, tmp)
+    schedule = request.schedule
     spec0 = schedule[0]
-    request = GenerationRequest(load_image(tmp / "image.png", H, W), schedule, num_frames=F, height=H, width=W)
     dtype = stack.transformer.dtype
     g = torch.Generator().manual_seed(2)
     text_dim = stack.transformer.config.text_dim

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -24,3 +26,21 @@ def reference_pipeline(stack, shift: float = 5.0):
                                    image_processor=processor)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def one_clip_request(height: int, width: int, frames: int, folder: Path):
+    """A random image and a one-line prompt file written to `folder`; returns the one-clip request they make
+    and the image (PIL, for the diffusers pipeline)."""
+    from PIL import Image
+
+    from svi.sampling import GenerationRequest, build_schedule
+    from svi.sampling.media import load_image
+
+    rng = np.random.default_rng(0)
+    pil = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    pil.save(folder / "image.png")
+    (folder / "p.txt").write_text("a red disc drifts to the right\n")
+    schedule = build_schedule(folder / "p.txt", num_clips=1, cfg=5.0)
+    request = GenerationRequest(load_image(folder / "image.png", height, width), schedule, num_frames=frames,
+                                height=height, width=width)
+    return request, pil

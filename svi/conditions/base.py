@@ -221,6 +221,16 @@ class Condition:
         """Make a batch's extras visible to the adapters during the forward passes inside the block."""
         yield
 
+    @contextmanager
+    def holding(self, attr: str, value):
+        """Set `self.<attr>` to `value` for the block and back to None after it: the usual body of a
+        type's `forward_context` (the adapters read the attribute while the DiT runs)."""
+        setattr(self, attr, value)
+        try:
+            yield
+        finally:
+            setattr(self, attr, None)
+
     def training_inputs(self, batch: Mapping[str, Any], generator: torch.Generator) -> dict[str, Any]:
         """Training-time changes of a latent batch (`y`, `image`, `extras`), e.g. dropping a signal with some
         probability so that guidance can leave it out at inference. Draw from `generator` (it is resumed)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -200,13 +199,8 @@ class DanceCondition(Condition):
                              f"fit this backbone (pixels per token side: the VAE's factor x the patch size)")
         return out + feature.to(out.dtype)
 
-    @contextmanager
     def forward_context(self, extras):
-        self._pose = (extras or {}).get("pose")
-        try:
-            yield
-        finally:
-            self._pose = None
+        return self.holding("_pose", (extras or {}).get("pose"))
 
     def guidance_branches(self, cond) -> list:
         """The negative branch leaves the pose out too (unless `uncond_pose`); combined as text CFG."""

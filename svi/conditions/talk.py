@@ -30,7 +30,6 @@ the clips follow the audio's length unless `num_clips` says otherwise, clip i ge
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -279,13 +278,8 @@ class TalkCondition(Condition):
         audio = block.audio_cross_attn(normed, self._tokens.to(normed.dtype), self._frames)
         return out + audio.to(out.dtype)
 
-    @contextmanager
-    def forward_context(self, extras):
-        self._features = (extras or {}).get("audio")
-        try:
-            yield
-        finally:
-            self._features = None  # the tokens stay for the backward recomputation (see `_project`)
+    def forward_context(self, extras):  # the tokens stay for the backward recomputation (see `_project`)
+        return self.holding("_features", (extras or {}).get("audio"))
 
     def guidance_branches(self, cond) -> list:
         """Three passes: cond, drop_text (negative prompt, speech), uncond (negative prompt, silence)."""
