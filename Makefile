@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 ARGS ?=
 
-.PHONY: help install test test-fast demo demo-k2 demo-v1 demo-talk demo-dance toy-base toy-base-k2 toy-base-v1 train table-ablation table-toy-ablation table-consistency clean-outputs
+.PHONY: help install test test-fast demo demo-k2 demo-v1 demo-talk demo-dance demo-film toy-base toy-base-k2 toy-base-film toy-base-v1 train table-ablation table-toy-ablation table-consistency clean-outputs
 
 help:  ## list the verbs
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -29,7 +29,7 @@ test: install  ## run the whole CPU test suite (slow tests included)
 test-fast: install  ## the fast tests only
 	$(PY) -m pytest -m "not gpu and not slow" $(ARGS)
 
-demo: install  ## the main job: toy-scale SVI (plain LoRA vs ERFT from the shipped K = 2 toy base, drift measured; ~10 min)
+demo: install  ## the main job: toy-scale SVI (the paper's recipe vs plain LoRA from the shipped toy base, drift measured; ~10 min)
 	$(VENV)/bin/svi-demo $(ARGS)
 
 demo-k2: install  ## make demo at twice the budget (600-step fine-tunes, 10 sampling steps; ~27 min)
@@ -41,14 +41,23 @@ demo-v1: install  ## the demo on base v1 (K = 1, the paper's window image errors
 demo-talk: install  ## toy SVI-Talk on base v1: a sound drives a sprite's size; drift and toy sync (~11 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_talk $(ARGS)
 
+demo-film: install  ## make demo in Film mode: the Film base and the paper's Film preset (experiments/toy_film)
+	$(VENV)/bin/svi-demo --config-name toy/demo_film $(ARGS)
+
 demo-dance: install  ## toy SVI-Dance on base v1: a pose video drives the sprites; drift, pose error, PSNR (~20 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_dance $(ARGS)
 
-toy-base: install  ## retrain the K = 2 toy base of make demo into svi/assets/toy_base_k2 (~15 min on 2 cores)
+toy-base: install  ## retrain make demo's base (K = 2, 12000 steps) into svi/assets/toy_base_k2_long (~50 min on 2 cores)
+	$(VENV)/bin/svi-train experiment=toy_pretrain condition.num_motion_frames=2 trainer.max_steps=12000 \
+	  callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_k2_long $(ARGS)
+
+toy-base-k2: install  ## retrain the 4000-step K = 2 base (the samplers and image-error studies) into svi/assets/toy_base_k2 (~15 min)
 	$(VENV)/bin/svi-train experiment=toy_pretrain condition.num_motion_frames=2 \
 	  callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_k2 $(ARGS)
 
-toy-base-k2: toy-base  ## the same as make toy-base
+toy-base-film: install  ## retrain the toy Film base (Film condition, 9-frame clips, 12000 steps) into svi/assets/toy_base_film (~50 min)
+	$(VENV)/bin/svi-train experiment=toy_pretrain condition=film backbone.native.num_frames=9 trainer.max_steps=12000 \
+	  callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_film $(ARGS)
 
 toy-base-v1: install  ## retrain toy base v1 (K = 1) into svi/assets/toy_base (~12 min on 2 cores)
 	$(VENV)/bin/svi-train experiment=toy_pretrain callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base $(ARGS)
@@ -59,7 +68,7 @@ train: install  ## svi-train with ARGS="experiment=... ..."
 table-ablation: install  ## paper Table 4 (ERFT ablation) at toy scale: experiments/ablation_table4
 	PY=$(PY) bash experiments/ablation_table4/run.sh
 
-table-toy-ablation: install  ## paper Table 4 on the pretrained toy base, 3 seeds: experiments/toy_ablation
+table-toy-ablation: install  ## paper Table 4 on make demo's base and recipe, 3 seeds: experiments/toy_ablation
 	PY=$(PY) bash experiments/toy_ablation/run.sh
 
 table-consistency: install  ## SVI's 50 s / 250 s consistency table at toy scale: experiments/consistent_50s_250s

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# Paper Table 4 at toy scale, on the pretrained toy base: full ERFT, w/o E_img, w/o E_noi, w/o E_vid,
+# Paper Table 4 at toy scale, on a pretrained toy base: full ERFT, w/o E_img, w/o E_noi, w/o E_vid,
 # plain LoRA and the base, same fine-tune budget, 3 seeds. README.md says what and why.
-#   bash experiments/toy_ablation/run.sh                    # = make table-toy-ablation: base v1, as make demo-v1 (~35 min)
-#   K2=1 bash experiments/toy_ablation/run.sh               # make demo's setting: the K = 2 base, toy_shot_k2, 200 steps
-#   SEEDS=0 STEPS=300 bash experiments/toy_ablation/run.sh  # a quicker look
+#   bash experiments/toy_ablation/run.sh                    # = make table-toy-ablation: make demo's base and recipe
+#   V1=1 bash experiments/toy_ablation/run.sh               # the earlier table: base v1, toy_shot, 600 steps, 30 clips
+#   SEEDS=0 STEPS=100 bash experiments/toy_ablation/run.sh  # a quicker look
 set -euo pipefail
 PY=${PY:-python}
-if [[ -n "${K2:-}" ]]; then  # the K = 2 base: the toy_shot_k2 recipe, evaluated as make demo
-    EXPERIMENT=${EXPERIMENT:-toy_shot_k2}; DEMO=${DEMO:-toy/demo}; STEPS=${STEPS:-200}
-    OUT=${OUT:-outputs/experiments/toy_ablation_k2}
+if [[ -n "${V1:-}" ]]; then  # base v1 (K = 1): the toy_shot recipe, evaluated as make demo-v1
+    EXPERIMENT=${EXPERIMENT:-toy_shot}; DEMO=${DEMO:-toy/demo_v1}; STEPS=${STEPS:-600}
+    OUT=${OUT:-outputs/experiments/toy_ablation_v1}
 fi
-EXPERIMENT=${EXPERIMENT:-toy_shot}      # the fine-tune recipe (conf/experiment/)
-DEMO=${DEMO:-toy/demo_v1}               # the svi-demo config that rolls out and scores (same base and K)
+EXPERIMENT=${EXPERIMENT:-toy_svi_shot}  # the fine-tune recipe (conf/experiment/): make demo's headline
+DEMO=${DEMO:-toy/demo}                  # the svi-demo config that rolls out and scores (same base and K)
 OUT=${OUT:-outputs/experiments/toy_ablation}
 SEEDS=${SEEDS:-0,1,2}
-STEPS=${STEPS:-600}
+STEPS=${STEPS:-200}
 ABLATIONS=${ABLATIONS:-none,no_img,no_noi,no_vid,no_erft}
 JOBS=${JOBS:-2}
 q() { printf "'%s'" "$1"; }   # quote a path for Hydra: sweep job folders contain '=' and ','

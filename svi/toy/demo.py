@@ -44,18 +44,27 @@ def _log(msg: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # 1. fine-tunes
 # ------------------------------------------------------------------------------------------------
+def model_overrides(cfg: DictConfig) -> dict[str, list[str]]:
+    """Each fine-tuned model's `svi-train` overrides, the seed and run folder aside (summary.json records them)."""
+    shared = [f"experiment={cfg.train_experiment}", f"trainer.max_steps={cfg.steps}", *cfg.train_overrides]
+    base = [f"backbone.path={cfg.base}"] if cfg.base else []
+    return {name: [*shared, *overrides, *base] for name, overrides in cfg.models.items()}
+
+
 def finetune_jobs(cfg: DictConfig, out: Path) -> list[tuple[str, int, list[str], Path]]:
     jobs = []
+    per_model = model_overrides(cfg)
     for seed in cfg.seeds:
-        for name, overrides in cfg.models.items():
+        for name, overrides in per_model.items():
             run_dir = out / "train" / f"{name}_seed{seed}"
-            args = [f"experiment={cfg.train_experiment}", f"seed={seed}", f"trainer.max_steps={cfg.steps}",
-                    f"hydra.run.dir={run_dir}", *cfg.train_overrides,
-                    *overrides]
-            if cfg.base:
-                args.append(f"backbone.path={cfg.base}")
-            jobs.append((name, int(seed), args, run_dir))
+            jobs.append((name, int(seed), [f"seed={seed}", f"hydra.run.dir={run_dir}", *overrides], run_dir))
     return jobs
+
+
+def _run_overrides(run_dir: Path) -> list[str]:
+    """The command-line overrides a finished svi-train run was started with (its .hydra/overrides.yaml)."""
+    f = Path(run_dir) / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(f)] if f.exists() else []
 
 
 def adapters_from_runs(pattern: str) -> tuple[dict[tuple[str, int], Path], dict[tuple[str, int], Path]]:
@@ -313,9 +322,118 @@ def summarise(cfg: DictConfig, results: dict, timings: dict) -> dict:
     if cfg.eval.signal_metrics:
         summary["signals"] = signal_summary(cfg, results)
     summary["curves"] = {n: {k: np.mean(v, axis=0).round(4).tolist() for k, v in c.items()} for n, c in curves.items()}
+    if plain and erft:
+        summary["paper_picture"] = paper_picture(cfg, results, summary, plain, erft)
+    if all(n in names for n in TABLE4_ROWS):
+        summary["table4_orderings"] = table4_orderings({n: np.concatenate(drift_per_video[n]) for n in names})
     summary["timings_s"] = timings
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)
     return summary
+
+
+def record_models(summary: dict, cfg: DictConfig, dirs: dict) -> None:
+    """summary["models"]: how each row was made. Fine-tuned here: its svi-train overrides; evaluated from
+    finished runs (`adapters=`): each run's own overrides, per seed."""
+    models = {BASE: {"fine_tune": None, "base": cfg.base}}
+    if cfg.adapters:
+        for (name, seed), run_dir in sorted(dirs.items()):
+            models.setdefault(name, {"runs": {}})["runs"][str(seed)] = {"dir": str(run_dir),
+                                                                         "overrides": _run_overrides(run_dir)}
+    else:
+        models.update({n: {"svi_train_overrides": o} for n, o in model_overrides(cfg).items()})
+    summary["models"] = models
+
+
+def paper_picture(cfg: DictConfig, results: dict, summary: dict, plain: str, erft: str) -> dict:
+    """The checks that say whether the demo shows the paper's picture (experiments/toy_demo): a base that is a
+    real short-clip generator, and an ERFT model whose video stays intact where plain LoRA's decays. Each entry:
+    the value(s), the target, and whether it is met."""
+    from svi.toy.evaluate import PRIMARY, paired_interval
+
+    curves, seeds = summary["curves"], list(cfg.seeds)
+    base_first = curves[BASE][PRIMARY][0] / curves["ceiling"][PRIMARY][0]
+    base_objects = curves[BASE]["objects"][0]
+    last_over_first = curves[erft][PRIMARY][-1] / curves[erft][PRIMARY][0]
+    ratios = [e / p if p else float("nan") for e, p in zip(summary["per_seed"][erft], summary["per_seed"][plain])]
+    per_seed = summary["paired"]["erft_minus_plain"]["per_seed"]
+    objects_all = (summary["objects_present_mean"][erft], summary["objects_present_mean"][plain])
+    objects_last = (curves[erft]["objects"][-1], curves[plain]["objects"][-1])
+    first = paired_interval(np.concatenate([results[s][erft].per_clip[PRIMARY][:, 0]
+                                            - results[s][plain].per_clip[PRIMARY][:, 0] for s in seeds]))
+    return {
+        "base_first_clip_over_ceiling": {"value": base_first, "target": "<= 1.3", "met": base_first <= 1.3},
+        "base_objects_first_clip": {"value": base_objects, "target": ">= 1.9 of 2", "met": base_objects >= 1.9},
+        "erft_last_clip_over_first_clip": {"value": last_over_first, "target": "<= 1.5",
+                                           "met": last_over_first <= 1.5},
+        "erft_over_plain_per_seed": {"value": ratios, "target": "<= 0.5 on every seed, paired interval below 0",
+                                     "met": all(r <= 0.5 for r in ratios)
+                                     and all(per_seed[str(s)]["high"] < 0 for s in seeds)},
+        "objects_all_clips_erft_vs_plain": {"value": list(objects_all), "target": "ERFT >= plain",
+                                            "met": objects_all[0] >= objects_all[1]},
+        "objects_last_clip_erft_vs_plain": {"value": list(objects_last), "target": "ERFT >= plain",
+                                            "met": objects_last[0] >= objects_last[1]},
+        "first_clip_erft_minus_plain": {"value": first, "target": "not worse: interval reaches 0 or below",
+                                        "met": bool(first["low"] <= 0)},
+    }
+
+
+#: the rows of the paper's Table 4 as `ablation=` names (the toy ablation's adapters are named by them)
+TABLE4_ROWS = ("none", "no_img", "no_noi", "no_vid", BASE)
+
+
+def table4_orderings(drift: dict[str, np.ndarray]) -> dict:
+    """The paper's four Table 4 orderings, tested on per-video drift (paired over the same worlds and noise;
+    lower drift is better). A row's *cost* is its drift minus full ERFT's (`none`)."""
+    from svi.toy.evaluate import paired_interval
+
+    def iv(a: str, b: str) -> dict:
+        return paired_interval(drift[a] - drift[b])
+
+    cost = {n: iv(n, "none") for n in ("no_img", "no_noi", "no_vid")}
+    img_vs = {n: iv("no_img", n) for n in ("no_noi", "no_vid")}
+    vs_base = {n: iv(n, BASE) for n in ("none", "no_img", "no_noi", "no_vid")}
+    base_drift = float(np.nanmean(drift[BASE]))
+    return {
+        "full_is_best": {
+            "rule": "every ablation drifts more than full ERFT: each cost's interval above 0",
+            "intervals": {f"{n} - none": c for n, c in cost.items()}, "holds": all(c["low"] > 0 for c in cost.values())},
+        "dropping_img_costs_most": {
+            "rule": "w/o E_img drifts more than w/o E_noi and w/o E_vid: both intervals above 0",
+            "intervals": {f"no_img - {n}": c for n, c in img_vs.items()},
+            "holds": all(c["low"] > 0 for c in img_vs.values())},
+        "dropping_noi_or_vid_costs_little": {
+            "rule": "the cost of w/o E_noi and of w/o E_vid is under half the cost of w/o E_img (means), or its "
+                    "interval includes 0",
+            "intervals": {f"{n} - none": cost[n] for n in ("no_img", "no_noi", "no_vid")},
+            "holds": all(cost[n]["mean"] < 0.5 * cost["no_img"]["mean"] or cost[n]["low"] <= 0 <= cost[n]["high"]
+                         for n in ("no_noi", "no_vid"))},
+        "every_variant_far_above_base": {
+            "rule": "every ERFT row drifts less than the base: interval below 0 and the mean gain at least 10 % "
+                    "of the base's drift",
+            "intervals": {f"{n} - base": v for n, v in vs_base.items()},
+            "holds": all(v["high"] < 0 and -v["mean"] >= 0.1 * base_drift for v in vs_base.values())},
+    }
+
+
+def table4_table(orderings: dict) -> str:
+    lines = ["| paper ordering | holds | paired drift differences (95 % t interval) |", "|---|---|---|"]
+    for name, o in orderings.items():
+        ivs = "; ".join(f"{k}: {v['mean']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]" for k, v in o["intervals"].items())
+        lines.append(f"| {name.replace('_', ' ')} ({o['rule']}) | {'yes' if o['holds'] else 'no'} | {ivs} |")
+    return "\n".join(lines)
+
+
+def paper_picture_table(checks: dict) -> str:
+    def fmt(v):
+        if isinstance(v, dict):
+            return f"{v['mean']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]"
+        if isinstance(v, list):
+            return " / ".join(f"{x:.2f}" for x in v)
+        return f"{v:.2f}"
+
+    lines = ["| check | value | target | met |", "|---|---|---|---|"]
+    lines += [f"| {k} | {fmt(c['value'])} | {c['target']} | {'yes' if c['met'] else 'no'} |" for k, c in checks.items()]
+    return "\n".join(lines)
 
 
 #: how to read a signal-following metric (`eval.signal_metrics`)
@@ -418,6 +536,12 @@ def drift_table(summary: dict) -> str:
                      f"better on every seed: {v['better_on_every_seed']}")
     if summary.get("signals"):
         lines += ["", "Following the signal:", signal_table(summary["signals"])]
+    if summary.get("table4_orderings"):
+        lines += ["", "Paper Table 4 orderings (intervals: first row minus second, per video):",
+                  table4_table(summary["table4_orderings"])]
+    if summary.get("paper_picture"):
+        lines += ["", "The paper's picture (experiments/toy_demo says what each check means):",
+                  paper_picture_table(summary["paper_picture"])]
     return "\n".join(lines)
 
 
@@ -576,6 +700,7 @@ def run(cfg: DictConfig) -> dict:
     table_file = write_tables(cfg, run_summaries(evald["results"], cfg.eval.signal_metrics), dirs, out)
     t_eval = time.time() - t0 - t_train
     summary = summarise(cfg, evald["results"], {"finetune": round(t_train, 1), "rollout_eval": round(t_eval, 1)})
+    record_models(summary, cfg, dirs)
     save_per_clip(evald["results"], out / "per_clip.npz")
     first = cfg.seeds[0]
     vids = {k: evald["videos"][first][k] for k in ["pose", "ground_truth", BASE, *cfg.models]

@@ -86,20 +86,26 @@ def test_demo_writes_summary_plot_and_videos(toy_base_dir, tmp_path):
     assert not (out / "base_seed0").exists()  # no stand-in run folders for the base
 
 
-def test_demo_default_is_the_k2_preset_and_the_variants_inherit_it():
-    """`make demo`: the K = 2 base shipped in the package, its recipe (toy_shot_k2: per-sample image errors),
-    200 steps, 60 clips sampled with 5 steps; toy/demo_v1 (base v1) and toy/demo_k2 inherit and compose."""
+def test_demo_default_is_the_papers_recipe_on_the_long_k2_base_and_the_variants_inherit_it():
+    """`make demo`: the 12000-step K = 2 base shipped in the package, the headline ERFT model is the paper's
+    Shot recipe (toy_svi_shot: E_img from the video-error bank over all buckets, the official probabilities and
+    clean rule), 200 steps, 60 clips sampled with 5 steps; toy/demo_v1 (base v1) and toy/demo_k2 inherit."""
     from tests.conftest import compose_config
 
     cfg = compose_config("toy/demo", [])
-    stack = load_toy_base(cfg.base)  # ${svi.asset:toy_base_k2} resolves to a loadable base
-    assert cfg.base.endswith("svi/assets/toy_base_k2") and type(stack.vae).__name__ == "PatchAutoencoder"
-    assert cfg.condition.num_motion_frames == 2 and cfg.train_experiment == "toy_shot_k2"
+    stack = load_toy_base(cfg.base)  # ${svi.asset:toy_base_k2_long} resolves to a loadable base
+    assert cfg.base.endswith("svi/assets/toy_base_k2_long") and type(stack.vae).__name__ == "PatchAutoencoder"
+    assert cfg.condition.num_motion_frames == 2 and cfg.train_experiment == "toy_svi_shot"
     assert (cfg.steps, cfg.eval.num_clips, cfg.eval.num_inference_steps, list(cfg.seeds)) == (200, 60, 5, [0, 1, 2])
     assert list(cfg.models.erft) == ["ablation=none"] and list(cfg.models.plain_lora) == ["ablation=no_erft"]
+    assert set(cfg.models) == {"plain_lora", "erft"}  # variants are extra rows on request, never the headline
     train = compose_config("train", [f"experiment={cfg.train_experiment}", *cfg.models.erft])
     assert train.backbone.path == cfg.base and train.condition.num_motion_frames == 2  # the same base and K
-    assert train.img_source._target_ == "svi.toy.image_errors.SelfImageError" and train.injection.y_error_num == 2
+    assert train.img_source._target_ == "svi.erft.image_error.WindowImageError"  # the paper's E_img
+    assert (train.img_source.window, train.img_source.max_sigma, train.img_source.scale) == ("random", 1.0, 1.0)
+    inj = train.injection
+    assert (inj.p_clean, inj.p_vid, inj.p_img, inj.p_noi, inj.clean_flag) == (0.2, 0.9, 0.9, 0.01, "coin")
+    assert inj.y_error_num == 2 and train.memory.replacement == "l2" and train.memory.num_grids == 50
     plain = compose_config("train", [f"experiment={cfg.train_experiment}", *cfg.models.plain_lora])
     assert not plain.injection.enabled and plain.lora.rank == train.lora.rank
 
@@ -107,7 +113,87 @@ def test_demo_default_is_the_k2_preset_and_the_variants_inherit_it():
     assert (k2.base, k2.train_experiment, k2.eval.num_clips) == (cfg.base, cfg.train_experiment, 60)
     assert (k2.steps, k2.eval.num_inference_steps) == (600, 10)
 
-    v1 = compose_config("toy/demo_v1", [])  # base v1: the toy Table 4 and Film mode
+    v1 = compose_config("toy/demo_v1", [])  # base v1: the earlier toy Table 4
     assert v1.base is None and v1.condition.num_motion_frames == 1 and v1.train_experiment == "toy_shot"
     assert (v1.steps, v1.eval.num_clips, v1.eval.num_inference_steps) == (600, 30, 10)
     assert v1.eval.world == cfg.eval.world and v1.seeds == cfg.seeds  # inherited, not copied
+
+
+def _fake_results(drift_by_model: dict, seeds=(0, 1), videos=6, clips=6, rng=None):
+    """ModelEval per seed and model: world_rmse = ceiling + the model's drift (plus small per-video noise)."""
+    import numpy as np
+
+    from svi.toy.evaluate import ModelEval
+
+    rng = rng or np.random.default_rng(0)
+    results = {}
+    for s in seeds:
+        ceiling = np.full((videos, clips), 8.0)
+        r = {"ceiling": ModelEval({k: ceiling.copy() for k in ("world_rmse", "bg_rmse", "col_shift", "hf_ratio")}
+                                  | {"objects": np.full((videos, clips), 2.0)})}
+        for name, (first, last, objects) in drift_by_model.items():
+            ramp = np.linspace(first, last, clips)[None] + rng.normal(0, 0.05, (videos, clips))
+            r[name] = ModelEval({"world_rmse": ceiling + ramp, "bg_rmse": ceiling + ramp / 2,
+                                 "col_shift": ramp, "hf_ratio": np.ones((videos, clips)),
+                                 "objects": np.full((videos, clips), objects)})
+        results[s] = r
+    return results
+
+
+def test_summary_says_whether_the_demo_shows_the_papers_picture():
+    """paper_picture: the issue's checks computed from the per-clip curves and paired per-video intervals."""
+    from omegaconf import OmegaConf
+
+    from svi.toy.demo import drift_table, summarise
+
+    cfg = OmegaConf.create({"seeds": [0, 1], "models": {"plain_lora": [], "erft": []}, "eval": {"signal_metrics": []}})
+    # (world RMSE above the ceiling at the first clip, at the last clip, objects): base 1.25x the ceiling
+    good = summarise(cfg, _fake_results({"base": (2.0, 40.0, 1.95), "plain_lora": (2.0, 40.0, 1.0),
+                                         "erft": (2.0, 4.0, 1.5)}), {})
+    checks = good["paper_picture"]
+    assert checks["base_first_clip_over_ceiling"]["value"] == pytest.approx(10.0 / 8.0, abs=0.02)
+    assert all(c["met"] for c in checks.values()), checks
+    assert checks["erft_last_clip_over_first_clip"]["value"] == pytest.approx(12.0 / 10.0, abs=0.02)
+    assert "| erft_over_plain_per_seed |" in drift_table(good)
+    bad = summarise(cfg, _fake_results({"base": (6.0, 40.0, 1.5), "plain_lora": (2.0, 40.0, 1.0),
+                                        "erft": (3.0, 30.0, 0.5)}), {})["paper_picture"]
+    assert not bad["base_first_clip_over_ceiling"]["met"] and not bad["base_objects_first_clip"]["met"]
+    assert not bad["erft_last_clip_over_first_clip"]["met"] and not bad["erft_over_plain_per_seed"]["met"]
+    assert not bad["objects_all_clips_erft_vs_plain"]["met"] and not bad["objects_last_clip_erft_vs_plain"]["met"]
+    assert not bad["first_clip_erft_minus_plain"]["met"]  # ERFT's first clip is 1 worse on every video
+    assert bad["first_clip_erft_minus_plain"]["value"]["mean"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_table4_orderings_hold_or_fail_with_their_intervals():
+    from omegaconf import OmegaConf
+
+    from svi.toy.demo import drift_table, summarise
+
+    models = {"none": [], "no_img": [], "no_noi": [], "no_vid": [], "no_erft": []}
+    cfg = OmegaConf.create({"seeds": [0, 1], "models": models, "eval": {"signal_metrics": []}})
+    paper = {"base": (5, 40, 1), "no_img": (5, 35, 1), "no_noi": (5, 11, 1), "no_vid": (5, 11.5, 1),
+             "none": (5, 10, 1), "no_erft": (5, 40, 1)}
+    orderings = summarise(cfg, _fake_results(paper), {})["table4_orderings"]
+    assert all(o["holds"] for o in orderings.values()), orderings
+    assert set(orderings["full_is_best"]["intervals"]) == {"no_img - none", "no_noi - none", "no_vid - none"}
+    assert "| full is best" in drift_table(summarise(cfg, _fake_results(paper), {}))
+    # the toy v1 picture: dropping E_noi helps, E_img's removal is near-free, nothing far from the base
+    toy = dict(paper, no_img=(5, 39.5, 1), no_noi=(5, 38, 1), no_vid=(5, 39, 1), none=(5, 39, 1))
+    orderings = summarise(cfg, _fake_results(toy), {})["table4_orderings"]
+    assert not orderings["full_is_best"]["holds"] and not orderings["every_variant_far_above_base"]["holds"]
+
+
+def test_film_demo_is_the_papers_film_preset_on_a_film_base():
+    """toy/demo_film: the Film base (Film condition, 9-frame clips), the paper's Film preset as the headline."""
+    from tests.conftest import compose_config
+
+    cfg = compose_config("toy/demo_film", [])
+    assert cfg.base.endswith("svi/assets/toy_base_film") and cfg.eval.num_frames == 9
+    assert cfg.condition.name == "film" and cfg.condition.num_motion_frames == 5 and cfg.condition.ref_pad_num == 0
+    assert (cfg.steps, cfg.eval.num_clips, list(cfg.seeds)) == (200, 60, [0, 1, 2])
+    train = compose_config("train", [f"experiment={cfg.train_experiment}", *cfg.models.erft])
+    assert train.backbone.path == cfg.base and train.backbone.native.num_frames == 9
+    assert train.condition.name == "film" and train.condition.num_motion_frames == 5
+    assert train.condition.prompt_per_clip and train.condition.full_motion_prob == 0.9  # the official K = 1 mix
+    assert (train.injection.p_clean, train.injection.clean_flag) == (0.5, "coin")
+    assert train.img_source._target_ == "svi.erft.image_error.WindowImageError"
