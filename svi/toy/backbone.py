@@ -2,9 +2,10 @@
 
 `build_toy_wan` makes it at random init (the starting point of `experiment=toy_pretrain`, with the
 autoencoder fitted on toy-world clips); `load_toy_base` loads the pretrained base shipped in the
-repository (`svi/assets/toy_base_k2`, the K = 2 base of `make demo`, written by `make toy-base`; and
-`svi/assets/toy_base`, base v1, by `make toy-base-v1`) through the same `load_wan_dir` that reads real
-Wan weights.
+repository through the same `load_wan_dir` that reads real Wan weights: `svi/assets/toy_base_k2_long`
+(the K = 2 base of `make demo`, 12000 steps, written by `make toy-base`), `svi/assets/toy_base_film` (the
+Film base, `make toy-base-film`), `svi/assets/toy_base_k2` (the 4000-step K = 2 base, `make toy-base-k2`)
+and `svi/assets/toy_base` (base v1, `make toy-base-v1`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def load_toy_base(path: str | None = None, components: Sequence[str] = ("transfo
     """The pretrained toy base: `path`, else `$SVI_TOY_BASE_DIR`, else the copy shipped in the package."""
     root = path or os.environ.get(TOY_BASE_ENV) or str(TOY_BASE_DIR)
     if not Path(root, "transformer", "config.json").exists():
-        raise FileNotFoundError(f"no toy base model in {root}: run `make toy-base` (K = 2) or `make toy-base-v1` "
-                                f"(svi-train experiment=toy_pretrain) to train it, or set {TOY_BASE_ENV} to its directory")
+        raise FileNotFoundError(f"no toy base model in {root}: run `make toy-base` (make demo's), "
+                                f"`make toy-base-film`, `make toy-base-k2` or `make toy-base-v1` (svi-train "
+                                f"experiment=toy_pretrain) to train it, or set {TOY_BASE_ENV} to its directory")
     return load_wan_dir(root, env_var=TOY_BASE_ENV, components=components, dtype=dtype, text_len=text_len,
                         dims=dims, vae_class=PatchAutoencoder)

@@ -396,7 +396,8 @@ def table4_orderings(drift: dict[str, np.ndarray]) -> dict:
     return {
         "full_is_best": {
             "rule": "every ablation drifts more than full ERFT: each cost's interval above 0",
-            "intervals": {f"{n} - none": c for n, c in cost.items()}, "holds": all(c["low"] > 0 for c in cost.values())},
+            "intervals": {f"{n} - none": c for n, c in cost.items()},
+            "holds": all(c["low"] > 0 for c in cost.values())},
         "dropping_img_costs_most": {
             "rule": "w/o E_img drifts more than w/o E_noi and w/o E_vid: both intervals above 0",
             "intervals": {f"no_img - {n}": c for n, c in img_vs.items()},
