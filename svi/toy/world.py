@@ -135,11 +135,29 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
+SPRITE_SIZE = (0.07, 0.14)  # default range of a sprite's half-extent (fraction of the shorter side)
+
+
+def _check_sprite_size(sprite_size) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in sprite_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"sprite_size must be a pair [low, high] of half-extents (fractions of the shorter "
+                         f"frame side), got {sprite_size!r}") from None
+    if not 0.0 < lo <= hi < 0.5:
+        raise ValueError(f"sprite_size must satisfy 0 < low <= high < 0.5 (a sprite must fit in the frame), "
+                         f"got {[lo, hi]}")
+    return lo, hi
+
+
 def make_scene(seed: int, max_sprites: int = 4, min_sprites: int = 1, drift: float = 0.0, voice: bool = False,
-               dance: bool = False) -> Scene:
+               dance: bool = False, sprite_size=SPRITE_SIZE) -> Scene:
     """Sample a scene deterministically from ``seed`` (same seed -> same scene, always). `voice` / `dance` add
-    the talk / dance signal, drawn from their own child seeds (the rest of the scene is the same without)."""
+    the talk / dance signal, drawn from their own child seeds (the rest of the scene is the same without).
+    `sprite_size` is the range each sprite's half-extent is drawn from (the same draws for any range, so a
+    scene with larger sprites is the same scene otherwise)."""
     seed = _check_seed(seed)
+    size_lo, size_hi = _check_sprite_size(sprite_size)
     if not 1 <= min_sprites <= max_sprites <= len(SPRITE_COLOURS):
         raise ValueError(f"need 1 <= min_sprites <= max_sprites <= {len(SPRITE_COLOURS)}, "
                          f"got min_sprites={min_sprites}, max_sprites={max_sprites}")
@@ -157,7 +175,7 @@ def make_scene(seed: int, max_sprites: int = 4, min_sprites: int = 1, drift: flo
     for colour in colours:
         speed = rng.uniform(0.008, 0.03, size=2) * rng.choice([-1.0, 1.0], size=2)
         sprites.append(Sprite(shape=SHAPES[rng.integers(len(SHAPES))], colour=str(colour),
-                              size=float(rng.uniform(0.07, 0.14)), x0=float(rng.uniform(0, 1)),
+                              size=float(rng.uniform(size_lo, size_hi)), x0=float(rng.uniform(0, 1)),
                               y0=float(rng.uniform(0, 1)), vx=float(speed[0]), vy=float(speed[1])))
     return Scene(seed, background, tuple(sprites), drift=float(drift),
                  drift_period=float(rng.uniform(200, 400)), drift_phase=float(rng.uniform(0, 2 * math.pi)),
@@ -189,6 +207,7 @@ class FilmScript:
     max_sprites: int = 4
     min_sprites: int = 1
     drift: float = 0.0
+    sprite_size: tuple[float, float] = SPRITE_SIZE
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -197,6 +216,7 @@ class FilmScript:
             raise ValueError(f"scene_change_every must be a positive integer (frames per shot), "
                              f"got {self.scene_change_every!r}")
         self.scene_change_every = int(self.scene_change_every)
+        self.sprite_size = _check_sprite_size(self.sprite_size)
         make_scene(0, self.max_sprites, self.min_sprites, self.drift)  # validate options eagerly
 
     def shot_index(self, frame: int) -> int:
@@ -205,12 +225,14 @@ class FilmScript:
     def shot(self, index: int) -> Scene:
         if index not in self._cache:
             seed = derive_seed(self.seed, index, 1)
-            self._cache[index] = make_scene(seed, self.max_sprites, self.min_sprites, self.drift)
+            self._cache[index] = make_scene(seed, self.max_sprites, self.min_sprites, self.drift,
+                                            sprite_size=self.sprite_size)
         return self._cache[index]
 
     def to_dict(self) -> dict:
         return {"seed": self.seed, "scene_change_every": self.scene_change_every,
-                "max_sprites": self.max_sprites, "min_sprites": self.min_sprites, "drift": self.drift}
+                "max_sprites": self.max_sprites, "min_sprites": self.min_sprites, "drift": self.drift,
+                "sprite_size": list(self.sprite_size)}
 
 
 def make_world(seed: int, scene_change_every: int | None = None, **options) -> Scene | FilmScript:
@@ -456,7 +478,8 @@ def _write_mp4(path: Path, world, num_frames: int, height: int, width: int, fps:
 def write_dataset(out_dir, num_videos: int, num_frames: int = 81, height: int = 64, width: int = 64,
                   fps: int = 16, seed: int = 0, category: str = "toyworld", film: bool = False,
                   scene_change_every: int | None = None, max_sprites: int = 4, drift: float = 0.0,
-                  voice: bool = False, dance: bool = False, progress: bool = True) -> dict:
+                  voice: bool = False, dance: bool = False, progress: bool = True,
+                  sprite_size=SPRITE_SIZE) -> dict:
     """Write ``num_videos`` toy videos in the official SVI layout plus ``scenes.jsonl``.
 
     Film mode cuts to a new scene every ``scene_change_every`` frames (default: a third of the
@@ -476,6 +499,7 @@ def write_dataset(out_dir, num_videos: int, num_frames: int = 81, height: int = 
     if not category or any(c in str(category) for c in "/\\") or str(category) in (".", ".."):
         raise ValueError(f"category must be a plain folder name, got {category!r}")
     seed = _check_seed(seed)
+    _check_sprite_size(sprite_size)
     film = bool(film) or scene_change_every is not None
     if film and (voice or dance):
         raise ValueError("voice and dance worlds are single shots: set film=false and scene_change_every=null")
@@ -490,7 +514,8 @@ def write_dataset(out_dir, num_videos: int, num_frames: int = 81, height: int = 
         table.writerow(CSV_COLUMNS + ("audio",) * bool(voice) + ("pose",) * bool(dance))
         for i in tqdm(range(num_videos), desc=f"writing {category}", unit="video", disable=not progress):
             video_seed = derive_seed(seed, i)
-            options = dict(max_sprites=max_sprites, drift=drift, **({"voice": True} if voice else {}),
+            options = dict(max_sprites=max_sprites, drift=drift, sprite_size=tuple(sprite_size),
+                           **({"voice": True} if voice else {}),
                            **({"dance": True} if dance else {}))
             world = make_world(video_seed, scene_change_every if film else None, **options)
             name = f"{category}_{i:05d}.mp4"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 from svi.toy import world as tw
@@ -179,3 +180,36 @@ def test_entrypoint_requires_out(tmp_path):
     result = subprocess.run([sys.executable, "-m", "svi.toy.export", f"hydra.run.dir={tmp_path}"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode != 0 and "out=" in result.stderr
+
+
+def test_sprite_size_range_scales_the_sprites_and_keeps_the_rest_of_the_scene():
+    small, big = make_scene(9, 2, 2), make_scene(9, 2, 2, sprite_size=(0.15, 0.22))
+    assert small.background == big.background
+    for a, b in zip(small.sprites, big.sprites):
+        assert 0.07 <= a.size <= 0.14 and 0.15 <= b.size <= 0.22
+        # the same draws mapped to the new range: only the size differs
+        assert np.isclose((a.size - 0.07) / 0.07, (b.size - 0.15) / 0.07)
+        assert dataclasses.replace(a, size=b.size) == b
+    assert make_scene(9, 2, 2, sprite_size=[0.07, 0.14]) == small  # the default range, as a list too
+    frames = render(big, 0, 1, 32, 32)[0]
+    colours = [np.all(frames == tw.SPRITE_COLOURS[s.colour], axis=-1).sum() for s in big.sprites]
+    assert sum(colours) > sum(np.all(render(small, 0, 1, 32, 32)[0] == tw.SPRITE_COLOURS[s.colour], axis=-1).sum()
+                              for s in small.sprites)
+    film = FilmScript(seed=3, scene_change_every=10, sprite_size=[0.15, 0.22])
+    assert film.sprite_size == (0.15, 0.22) and all(0.15 <= s.size <= 0.22 for s in film.shot(1).sprites)
+    assert load_scene({"film": True, "script": film.to_dict()}).shot(1) == film.shot(1)
+    for bad in ((0.2, 0.1), (0.0, 0.1), (0.3, 0.5), 0.2, ("a", 0.1)):
+        with pytest.raises(ValueError, match="sprite_size"):
+            make_scene(0, sprite_size=bad)
+
+
+def test_world_spec_passes_the_sprite_size_to_scenes_and_films():
+    from svi.toy.clips import ToyWorldSpec, toy_videos
+
+    spec = ToyWorldSpec(sprite_size=[0.15, 0.22])
+    assert all(0.15 <= s.size <= 0.22 for s in spec.world(4).sprites)
+    assert spec.world(4) == make_scene(4, 2, 2, sprite_size=(0.15, 0.22))
+    film = ToyWorldSpec(sprite_size=[0.15, 0.22], scene_change_every=10).world(4)
+    assert all(0.15 <= s.size <= 0.22 for s in film.shot(2).sprites)
+    big, small = toy_videos(2, 5, world=spec), toy_videos(2, 5)
+    assert big.shape == small.shape == (2, 3, 5, 32, 32) and not torch.equal(big, small)
