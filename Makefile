@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 ARGS ?=
 
-.PHONY: help install test test-fast demo demo-k2 demo-v1 demo-talk demo-dance demo-film toy-base toy-base-k2 toy-base-film toy-base-v1 train table-ablation table-toy-ablation table-consistency clean-outputs
+.PHONY: help install test test-fast demo demo-k2 demo-v1 demo-talk demo-dance demo-film demo-big demo-f9 toy-base toy-base-big toy-base-f9 toy-base-k2 toy-base-film toy-base-v1 train table-ablation table-toy-ablation table-consistency clean-outputs
 
 help:  ## list the verbs
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -44,12 +44,26 @@ demo-talk: install  ## toy SVI-Talk on base v1: a sound drives a sprite's size; 
 demo-film: install  ## make demo in Film mode: the Film base and the paper's Film preset (experiments/toy_film)
 	$(VENV)/bin/svi-demo --config-name toy/demo_film $(ARGS)
 
+demo-big: install  ## make demo in a world of larger sprites, on its own base (experiments/toy_big; ~10 min)
+	$(VENV)/bin/svi-demo --config-name toy/demo_big $(ARGS)
+
+demo-f9: install  ## make demo with 9-frame clips (E_img leaves a reference latent clean), on its own base (experiments/toy_long_clips; ~11 min)
+	$(VENV)/bin/svi-demo --config-name toy/demo_f9 $(ARGS)
+
 demo-dance: install  ## toy SVI-Dance on base v1: a pose video drives the sprites; drift, pose error, PSNR (~20 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_dance $(ARGS)
 
 toy-base: install  ## retrain make demo's base (K = 2, 12000 steps) into svi/assets/toy_base_k2_long (~50 min on 2 cores)
 	$(VENV)/bin/svi-train experiment=toy_pretrain condition.num_motion_frames=2 trainer.max_steps=12000 \
 	  callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_k2_long $(ARGS)
+
+toy-base-big: install  ## retrain make demo-big's base (make toy-base in the larger-sprite world) into svi/assets/toy_base_big
+	$(VENV)/bin/svi-train experiment=toy_pretrain condition.num_motion_frames=2 trainer.max_steps=12000 \
+	  'data.world.sprite_size=[0.15,0.22]' callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_big $(ARGS)
+
+toy-base-f9: install  ## retrain make demo-f9's base (make toy-base on 9-frame clips) into svi/assets/toy_base_k2_f9
+	$(VENV)/bin/svi-train experiment=toy_pretrain condition.num_motion_frames=2 backbone.native.num_frames=9 trainer.max_steps=12000 \
+	  callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_k2_f9 $(ARGS)
 
 toy-base-k2: install  ## retrain the 4000-step K = 2 base (the samplers and image-error studies) into svi/assets/toy_base_k2 (~15 min)
 	$(VENV)/bin/svi-train experiment=toy_pretrain condition.num_motion_frames=2 \

@@ -4,7 +4,8 @@
 autoencoder fitted on toy-world clips); `load_toy_base` loads the pretrained base shipped in the
 repository through the same `load_wan_dir` that reads real Wan weights: `svi/assets/toy_base_k2_long`
 (the K = 2 base of `make demo`, 12000 steps, written by `make toy-base`), `svi/assets/toy_base_film` (the
-Film base, `make toy-base-film`), `svi/assets/toy_base_k2` (the 4000-step K = 2 base, `make toy-base-k2`)
+Film base, `make toy-base-film`), `svi/assets/toy_base_big` (larger sprites, `make toy-base-big`),
+`svi/assets/toy_base_k2_f9` (9-frame clips, `make toy-base-f9`), `svi/assets/toy_base_k2` (the 4000-step K = 2 base, `make toy-base-k2`)
 and `svi/assets/toy_base` (base v1, `make toy-base-v1`).
 """
 

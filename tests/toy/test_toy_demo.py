@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -197,3 +198,33 @@ def test_film_demo_is_the_papers_film_preset_on_a_film_base():
     assert train.condition.prompt_per_clip and train.condition.full_motion_prob == 0.9  # the official K = 1 mix
     assert (train.injection.p_clean, train.injection.clean_flag) == (0.5, "coin")
     assert train.img_source._target_ == "svi.erft.image_error.WindowImageError"
+
+
+def test_larger_sprite_and_nine_frame_demos_change_one_thing_and_fine_tune_like_their_base():
+    """toy/demo_big and toy/demo_f9: make demo with one change each (the world's sprite size / the clip
+    length), carried to the base, the fine-tunes' data and the held-out worlds alike."""
+    from tests.conftest import compose_config
+
+    demo = compose_config("toy/demo", [])
+    for name, base, changed in (("toy/demo_big", "toy_base_big", "sprite_size"), ("toy/demo_f9", "toy_base_k2_f9", "frames")):
+        cfg = compose_config(name, [])
+        assert cfg.base.endswith(f"svi/assets/{base}") and (Path(cfg.base) / "transformer").is_dir()
+        assert (cfg.train_experiment, cfg.steps, cfg.eval.num_clips) == ("toy_svi_shot", 200, 60)
+        assert dict(cfg.models) == dict(demo.models)
+        train = compose_config("train", [f"experiment={cfg.train_experiment}", *cfg.train_overrides,
+                                         f"backbone.path={cfg.base}", *cfg.models.erft])
+        assert train.injection.y_error_num == 2 and train.img_source._target_ == "svi.erft.image_error.WindowImageError"
+        if changed == "sprite_size":
+            assert list(cfg.eval.world.sprite_size) == [0.15, 0.22] == list(train.data.world.sprite_size)
+            assert cfg.eval.num_frames == train.backbone.native.num_frames == 5
+        else:
+            assert list(cfg.eval.world.sprite_size) == list(demo.eval.world.sprite_size) == [0.07, 0.14]
+            assert cfg.eval.num_frames == train.backbone.native.num_frames == train.data.num_frames == 9
+
+
+def test_the_pretraining_autoencoder_is_fitted_on_the_training_worlds_sprite_size():
+    from tests.conftest import compose_config
+
+    big = compose_config("train", ["experiment=toy_pretrain", "data.world.sprite_size=[0.15,0.22]"])
+    assert list(big.backbone.fit.world.sprite_size) == [0.15, 0.22]
+    assert list(compose_config("train", ["experiment=toy_pretrain"]).backbone.fit.world.sprite_size) == [0.07, 0.14]
