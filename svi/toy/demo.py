@@ -241,7 +241,7 @@ def _rollouts(cfg, stack, sampler, spec, names, adapters, base_state, pool, resu
                 merge_lora(stack.transformer, lora, 1.0)
                 sampler.condition.load_adapter_tensors(lora.extras)  # the trained audio adapters / pose encoder
             r = rollout(sampler, worlds, int(ev.num_clips), F, noise_seed=int(seed), height=spec.height,
-                        width=spec.width, desc=f"{name} seed {seed}")
+                        width=spec.width, desc=f"{name} seed {seed}", motion_from=ev.get("motion_from", "generated"))
             results[seed][name] = evaluate_videos(r.videos, worlds, r.frames_per_clip, start=K, pool=pool)
             videos[seed][name] = r.videos
             bar.update(1)
@@ -679,6 +679,9 @@ def _json_default(o):
 
 
 def run(cfg: DictConfig) -> dict:
+    if cfg.eval.get("motion_from", "generated") not in ("generated", "truth"):  # before any fine-tune
+        raise ValueError(f"eval.motion_from must be 'generated' (SVI's hand-off) or 'truth' (teacher forcing, a "
+                         f"diagnostic), got {cfg.eval.motion_from!r}")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # every core by default; fewer when the machine is shared (more torch threads than free cores spin and crawl)

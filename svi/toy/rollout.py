@@ -40,7 +40,14 @@ def heldout_worlds(spec: ToyWorldSpec, seed: int, num_videos: int) -> list:
 
 @torch.no_grad()
 def rollout(sampler: SVIClipSampler, worlds: list, num_clips: int, num_frames: int, noise_seed: int,
-            height: int, width: int, batch_size: int = 32, desc: str = "rollout", progress: bool = True) -> Rollout:
+            height: int, width: int, batch_size: int = 32, desc: str = "rollout", progress: bool = True,
+            motion_from: str = "generated") -> Rollout:
+    """`motion_from`: where each clip's K motion frames come from. "generated" (SVI): the last K frames the
+    previous clip wrote, through 8 bits. "truth" (a diagnostic, teacher forcing): the world's true frames
+    at the same place, so no clip sees an earlier clip's errors; what drifts then is not the chaining."""
+    if motion_from not in ("generated", "truth"):
+        raise ValueError(f"motion_from must be 'generated' (SVI's hand-off) or 'truth' (teacher forcing), "
+                         f"got {motion_from!r}")
     stack = sampler.stack
     K = sampler.num_motion_frames
     new = num_frames - K
@@ -71,8 +78,12 @@ def rollout(sampler: SVIClipSampler, worlds: list, num_clips: int, num_frames: i
             frames = quantize_frames(video, sampler.quantize).numpy()  # (B, F, H, W, 3), as the sampler writes them
             out[b0 : b0 + B, pos : pos + new] = frames[:, K:]
             pos += new
-            motion = torch.cat([from_uint8(f[-K:]) for f in frames])  # (B, 3, K, H, W): 8-bit round trip
-            prev = x[:, :, -motion_latent_frames(K):]
+            if motion_from == "truth":  # the true frames pos-K .. pos-1, where the generated ones would be
+                motion = torch.cat([from_uint8(render(w, pos - K, K, height, width)) for w in batch])
+                prev = None  # the sampler encodes the true frames (latent hand-off included)
+            else:
+                motion = torch.cat([from_uint8(f[-K:]) for f in frames])  # (B, 3, K, H, W): 8-bit round trip
+                prev = x[:, :, -motion_latent_frames(K):]
             bar.update(B)
     bar.close()
     return Rollout(out, list(worlds), new)

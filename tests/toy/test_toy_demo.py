@@ -228,3 +228,16 @@ def test_the_pretraining_autoencoder_is_fitted_on_the_training_worlds_sprite_siz
     big = compose_config("train", ["experiment=toy_pretrain", "data.world.sprite_size=[0.15,0.22]"])
     assert list(big.backbone.fit.world.sprite_size) == [0.15, 0.22]
     assert list(compose_config("train", ["experiment=toy_pretrain"]).backbone.fit.world.sprite_size) == [0.07, 0.14]
+
+
+def test_a_bad_motion_source_is_refused_before_any_fine_tune(tmp_path):
+    import pytest
+
+    from svi.toy.demo import run
+    from tests.conftest import compose_config
+
+    cfg = compose_config("toy/demo", [f"out_dir={tmp_path / 'demo'}", "eval.motion_from=true"])
+    with pytest.raises(ValueError, match="eval.motion_from"):
+        run(cfg)
+    assert not (tmp_path / "demo").exists()
+    assert compose_config("toy/demo", []).eval.motion_from == "generated"

@@ -1,6 +1,7 @@
 """Batched toy rollouts go through the SVI clip step; same seed -> same noise -> paired comparisons."""
 
 import numpy as np
+import pytest
 import torch
 
 from svi.conditions import Condition
@@ -63,3 +64,34 @@ def test_rollout_with_two_motion_frames_starts_from_the_first_true_frames(toy_st
     ceiling = autoencoder_round_trip(toy_stack, truth, 9, num_motion_frames=2)
     assert np.array_equal(ceiling[:, :2], truth[:, :2])
     assert np.abs(ceiling[:, 2:].astype(int) - truth[:, 2:].astype(int)).mean() < 6
+
+
+def test_teacher_forced_rollout_conditions_every_clip_on_the_true_frames(toy_stack, monkeypatch):
+    """motion_from="truth": clip c's motion frames are the world's frames where the generated ones would be,
+    so a clip does not depend on what earlier clips wrote; "generated" (SVI) hands off the previous clip's."""
+    import svi.toy.rollout as R
+
+    worlds = heldout_worlds(ToyWorldSpec(), seed=0, num_videos=2)
+    s = _sampler(toy_stack)
+    seen = []
+    real = s.sample_clip
+
+    def spy(motion, *args, **kwargs):
+        seen.append(motion.clone())
+        return real(motion, *args, **kwargs)
+
+    monkeypatch.setattr(s, "sample_clip", spy)
+    forced = rollout(s, worlds, num_clips=3, num_frames=5, noise_seed=0, height=32, width=32, progress=False,
+                     motion_from="truth")
+    for c, motion in enumerate(seen):  # K = 1: clip c starts from world frame 4c
+        truth = torch.stack([R.to_tensor(render(w, 4 * c, 1, 32, 32)) for w in worlds])
+        assert torch.allclose(motion, truth, atol=1e-6)
+    seen.clear()
+    chained = rollout(s, worlds, num_clips=3, num_frames=5, noise_seed=0, height=32, width=32, progress=False)
+    assert torch.allclose(seen[0], torch.stack([R.to_tensor(render(w, 0, 1, 32, 32)) for w in worlds]))
+    handed = torch.stack([R.to_tensor(v[4:5]) for v in chained.videos])  # the frame clip 0 wrote last
+    assert torch.allclose(seen[1], handed, atol=1e-6)
+    assert np.array_equal(forced.videos[:, :5], chained.videos[:, :5])  # same first clip, same noise
+    assert not np.array_equal(forced.videos[:, 5:], chained.videos[:, 5:])
+    with pytest.raises(ValueError, match="motion_from"):
+        rollout(s, worlds, num_clips=1, num_frames=5, noise_seed=0, height=32, width=32, motion_from="true")
