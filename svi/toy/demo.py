@@ -679,9 +679,9 @@ def _json_default(o):
 
 
 def run(cfg: DictConfig) -> dict:
-    if cfg.eval.get("motion_from", "generated") not in ("generated", "truth"):  # before any fine-tune
-        raise ValueError(f"eval.motion_from must be 'generated' (SVI's hand-off) or 'truth' (teacher forcing, a "
-                         f"diagnostic), got {cfg.eval.motion_from!r}")
+    from svi.toy.rollout import check_motion_from
+
+    check_motion_from(cfg.eval.get("motion_from", "generated"), "eval.motion_from")  # before any fine-tune
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # every core by default; fewer when the machine is shared (more torch threads than free cores spin and crawl)

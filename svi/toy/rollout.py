@@ -33,6 +33,13 @@ class Rollout:
     frames_per_clip: int  # new frames per clip, F - K
 
 
+def check_motion_from(value: str, knob: str = "motion_from") -> None:
+    """Refuse an unknown motion source (svi-demo calls this with knob="eval.motion_from" before any fine-tune)."""
+    if value not in ("generated", "truth"):
+        raise ValueError(f"{knob} must be 'generated' (SVI's hand-off) or 'truth' (teacher forcing, a diagnostic), "
+                         f"got {value!r}")
+
+
 def heldout_worlds(spec: ToyWorldSpec, seed: int, num_videos: int) -> list:
     """The held-out worlds of evaluation seed `seed` (never drawn by `data=toy`)."""
     return [spec.world(heldout_scene_seed(10_000 + seed, i)) for i in range(num_videos)]
@@ -45,9 +52,7 @@ def rollout(sampler: SVIClipSampler, worlds: list, num_clips: int, num_frames: i
     """`motion_from`: where each clip's K motion frames come from. "generated" (SVI): the last K frames the
     previous clip wrote, through 8 bits. "truth" (a diagnostic, teacher forcing): the world's true frames
     at the same place, so no clip sees an earlier clip's errors; what drifts then is not the chaining."""
-    if motion_from not in ("generated", "truth"):
-        raise ValueError(f"motion_from must be 'generated' (SVI's hand-off) or 'truth' (teacher forcing), "
-                         f"got {motion_from!r}")
+    check_motion_from(motion_from)
     stack = sampler.stack
     K = sampler.num_motion_frames
     new = num_frames - K
