@@ -1,0 +1,88 @@
+"""Are the errors ERFT recycles the size of the errors a chained rollout meets?
+
+ERFT adds E_img, a stored video error, to the condition latent of the motion frames. At inference the
+condition carries the hand-off error: the latent of the previous clip's generated motion frames minus
+the latent the world's true frames would give. The toy world knows the true frames, so both can be put
+side by side in the same (normalised) latent units:
+
+* `handoff_errors`: per video and clip, the RMS of the hand-off error over the condition latent frames
+  the motion frames touch (clip 0 starts from true frames: no error);
+* `bank_error_rms`: per timestep bucket, the RMS of the video errors a fine-tune's replay memory holds
+  (what `img_source=window` draws E_img from), read from its Lightning checkpoint.
+
+`experiments/toy_demo/handoff_errors.py` prints and plots both for a demo run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from svi.toy.world import render
+from svi.sampling.media import from_uint8
+from svi.sampling.svi_clip import motion_latent_frames
+
+REPLAY_CALLBACK = "ErrorReplayCallback"
+
+
+@torch.no_grad()
+def handoff_errors(stack, condition, videos: np.ndarray, worlds: list, num_frames: int,
+                   latent_frames: int | None = None) -> np.ndarray:
+    """(videos, clips) RMS of each clip's condition-latent error against the true motion frames.
+
+    `videos` uint8 (B, K + C (F - K), H, W, 3) as `rollout` writes them (frames 0..K-1 true); clip c was
+    conditioned on frames pos-K .. pos-1, pos = K + c (F - K). The error is taken over the first
+    `latent_frames` latent frames of y (default: those the K motion frames touch, where E_img goes with
+    the paper's `y_error_num`); the reference frame is the world's frame 0 in both, so it cancels.
+    """
+    K = int(condition.num_motion_frames)
+    new = num_frames - K
+    B, N, H, W = videos.shape[:4]
+    if len(worlds) != B:
+        raise ValueError(f"{B} videos but {len(worlds)} worlds")
+    if (N - K) % new:
+        raise ValueError(f"a rollout of {N} frames is not K = {K} true frames plus whole clips of {new} new frames")
+    n_lat = int(latent_frames or motion_latent_frames(K))
+    ref = torch.cat([from_uint8(render(w, 0, 1, H, W))[:, :, 0] for w in worlds])  # (B, 3, H, W)
+    out = np.zeros((B, (N - K) // new), dtype=np.float64)
+    for c in range(1, out.shape[1]):
+        pos = K + c * new
+        gen = torch.cat([from_uint8(v[pos - K : pos]) for v in videos])  # (B, 3, K, H, W)
+        true = torch.cat([from_uint8(render(w, pos - K, K, H, W)) for w in worlds])
+        e = (condition.build_y(stack, gen, ref, num_frames) - condition.build_y(stack, true, ref, num_frames))
+        e = e[:, 4:, :n_lat]  # the condition latent channels (the mask is the same)
+        out[:, c] = e.pow(2).flatten(1).mean(1).sqrt().double().numpy()
+    return out
+
+
+def replay_memory_state(checkpoint: str | Path) -> dict:
+    """The replay memory's state dict ({"vid": ..., "noi": ...}) from an `svi-train` checkpoint."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (an svi-train run keeps it as checkpoints/last.ckpt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    state = ckpt.get("callbacks", {}).get(REPLAY_CALLBACK)
+    if state is None or "memory" not in state:
+        raise ValueError(f"{path} holds no replay memory: was it an ERFT run (not ablation=no_erft)?")
+    return state["memory"]
+
+
+def bank_error_rms(memory_state: dict, bank: str = "vid") -> tuple[np.ndarray, np.ndarray]:
+    """Per bucket: the RMS of the stored errors (NaN where empty) and how many there are."""
+    from svi.erft.memory import ErrorBank
+
+    rows = ErrorBank.stored_rows(memory_state[bank])
+    rms = np.full(len(rows), np.nan)
+    counts = np.array([len(r) for r in rows])
+    for b, r in enumerate(rows):
+        if r:
+            rms[b] = torch.stack(r).float().pow(2).mean().sqrt().item()
+    return rms, counts
+
+
+def pooled_rms(rms: np.ndarray, counts: np.ndarray) -> float:
+    """RMS over every stored error (what a draw from all buckets averages to, counts as weights)."""
+    keep = counts > 0
+    return float(np.sqrt(np.sum(rms[keep] ** 2 * counts[keep]) / counts[keep].sum())) if keep.any() else float("nan")

@@ -1,0 +1,52 @@
+"""Hand-off errors of a rollout against the true frames, and the size of the errors a replay memory holds."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from svi.conditions import Condition
+from svi.erft.memory import MemoryConfig, ReplayMemory
+from svi.toy.clips import ToyWorldSpec
+from svi.toy.diagnostics import bank_error_rms, handoff_errors, pooled_rms, replay_memory_state
+from svi.toy.rollout import ground_truth, heldout_worlds
+
+
+def test_handoff_error_is_zero_on_true_frames_and_found_where_a_clip_was_conditioned_on_wrong_ones(toy_stack):
+    worlds = heldout_worlds(ToyWorldSpec(), seed=0, num_videos=2)
+    cond = Condition(name="shot", num_motion_frames=2, ref_pad_num=-1)
+    F, K, clips = 9, 2, 3
+    truth = ground_truth(worlds, K + clips * (F - K), 32, 32)
+    e = handoff_errors(toy_stack, cond, truth, worlds, F)
+    assert e.shape == (2, clips) and np.allclose(e, 0.0)
+    # clip 2 is conditioned on frames pos-K .. pos-1 with pos = K + 2 (F - K) = 16: darken the second in video 1
+    bad = truth.copy()
+    bad[1, 15] = bad[1, 15] // 2
+    e = handoff_errors(toy_stack, cond, bad, worlds, F)
+    assert e[1, 2] > 0.05 and np.allclose(np.delete(e.ravel(), 1 * clips + 2), 0.0)
+    # the second motion frame lives in latent frame 1: latent frame 0 (the first motion frame) alone sees nothing
+    assert handoff_errors(toy_stack, cond, bad, worlds, F, latent_frames=1)[1, 2] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="whole clips"):
+        handoff_errors(toy_stack, cond, truth[:, :-1], worlds, F)
+
+
+def test_bank_error_rms_per_bucket_and_pooled_over_stored_errors(tmp_path):
+    memory = ReplayMemory(MemoryConfig(num_grids=4, capacity=8))
+    for value, bucket, n in ((0.5, 1, 3), (2.0, 3, 1)):
+        for _ in range(n):
+            memory.add(torch.tensor([bucket]), torch.full((1, 4, 2, 2, 2), value), torch.zeros(1, 4, 2, 2, 2))
+    rms, counts = bank_error_rms(memory.state_dict())
+    assert counts.tolist() == [0, 3, 0, 1]
+    assert np.isnan(rms[0]) and np.isnan(rms[2]) and rms[1] == pytest.approx(0.5) and rms[3] == pytest.approx(2.0)
+    assert pooled_rms(rms, counts) == pytest.approx(math.sqrt((3 * 0.25 + 4.0) / 4))
+    assert bank_error_rms(memory.state_dict(), "noi")[0][1] == 0.0
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"callbacks": {"ErrorReplayCallback": {"memory": memory.state_dict()}}}, ckpt)
+    assert bank_error_rms(replay_memory_state(ckpt))[1].tolist() == [0, 3, 0, 1]
+    torch.save({"callbacks": {}}, tmp_path / "plain.ckpt")
+    with pytest.raises(ValueError, match="no replay memory.*no_erft"):
+        replay_memory_state(tmp_path / "plain.ckpt")
+    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+        replay_memory_state(tmp_path / "missing.ckpt")
