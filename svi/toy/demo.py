@@ -250,7 +250,7 @@ def _rollouts(cfg, stack, sampler, spec, names, adapters, base_state, pool, resu
 # ------------------------------------------------------------------------------------------------
 # summary, table, plots, videos
 # ------------------------------------------------------------------------------------------------
-CURVES = ("world_rmse", "bg_rmse", "objects", "col_shift", "hf_ratio")
+CURVES = ("world_rmse", "bg_rmse", "objects", "col_shift", "hf_ratio", "pose_err")
 
 
 def summarise(cfg: DictConfig, results: dict, timings: dict) -> dict:
@@ -276,7 +276,8 @@ def summarise(cfg: DictConfig, results: dict, timings: dict) -> dict:
             objects[n].append(float(np.nanmean(r[n].per_clip["objects"])))
         for n in [*names, "ceiling"]:
             for k in CURVES:
-                curves[n][k].append(np.nanmean(r[n].per_clip[k], axis=0))
+                if k in r[n].per_clip:  # (evaluations that do not measure a curve leave it out)
+                    curves[n][k].append(np.nanmean(r[n].per_clip[k], axis=0))
     summary = {
         "metric": f"{PRIMARY}_late_minus_ceiling",
         "metric_definition": (f"full-frame RMSE (8-bit units) to the nearest valid world frame (the true background "
@@ -321,7 +322,8 @@ def summarise(cfg: DictConfig, results: dict, timings: dict) -> dict:
         summary["variants_vs_plain"] = {n: vs_plain(n) for n in names if n not in (BASE, plain, erft)}
     if cfg.eval.signal_metrics:
         summary["signals"] = signal_summary(cfg, results)
-    summary["curves"] = {n: {k: np.mean(v, axis=0).round(4).tolist() for k, v in c.items()} for n, c in curves.items()}
+    summary["curves"] = {n: {k: np.mean(v, axis=0).round(4).tolist() for k, v in c.items() if v}
+                         for n, c in curves.items()}
     if plain and erft:
         summary["paper_picture"] = paper_picture(cfg, results, summary, plain, erft)
     if all(n in names for n in TABLE4_ROWS):
@@ -554,9 +556,11 @@ def plot_curves(summary: dict, path: Path) -> Path:
 
     labels = {"world_rmse": "RMSE to the nearest valid world frame (primary)",
               "bg_rmse": "background RMSE (8-bit) - lower is better", "col_shift": "background colour shift (8-bit)",
-              "objects": "objects present (of 2)", "hf_ratio": "background sharpness (Laplacian ratio, 1 = true)"}
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7), sharex=True)
-    for ax, key in zip(axes.flat, CURVES):
+              "objects": "objects present (of 2)", "hf_ratio": "background sharpness (Laplacian ratio, 1 = true)",
+              "pose_err": "sprite lag: found sprites' distance to their true path (px)"}
+    keys = [k for k in CURVES if all(k in c for c in summary["curves"].values())]  # runs written before a curve existed
+    fig, axes = plt.subplots(2, 4, figsize=(19, 7), sharex=True)
+    for ax, key in zip(axes.flat, keys):
         for name, c in summary["curves"].items():
             style = dict(color="0.5", ls="--", lw=1) if name == "ceiling" else dict(lw=1.8)
             ax.plot(np.arange(len(c[key])), c[key], label="autoencoder ceiling" if name == "ceiling" else name, **style)
@@ -564,10 +568,61 @@ def plot_curves(summary: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("clip")
-    spare = axes.flat[len(CURVES)]  # the sixth panel holds the legend
-    spare.axis("off")
-    spare.legend(*axes[0, 0].get_legend_handles_labels(), loc="center", fontsize=10)
+    for spare in axes.flat[len(keys):]:
+        spare.axis("off")
+    axes.flat[-1].legend(*axes[0, 0].get_legend_handles_labels(), loc="center", fontsize=10)  # the last panel
     fig.suptitle(f"drift over time (mean over seeds {summary['seeds']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def frame_clips(num_clips: int, every: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32, 64, 128)) -> list[int]:
+    """The clips a frames strip shows: `every` below `num_clips`, then the last one."""
+    return sorted({c for c in every if c < num_clips} | {num_clips - 1})
+
+
+def strip_frames(videos: dict[str, np.ndarray], num_motion: int, frames_per_clip: int, clips: list[int],
+                 num_videos: int = 2) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """(rows, len(clips), H, W, 3) uint8: per video (the first `num_videos`) and model (`videos`: name -> uint8
+    (B, N, H, W, 3)), the last frame each of `clips` wrote (frame K + (c + 1)(F - K) - 1); and the rows'
+    (video, name)."""
+    B = next(iter(videos.values())).shape[0]
+    rows = [(v, n) for v in range(min(num_videos, B)) for n in videos]
+    idx = [num_motion + (c + 1) * frames_per_clip - 1 for c in clips]
+    return np.stack([videos[n][v, idx] for v, n in rows]), rows
+
+
+def plot_frames(videos: dict[str, np.ndarray], num_motion: int, frames_per_clip: int, path: Path,
+                num_videos: int = 2, seed: int = 0) -> Path | None:
+    """A still of what the drift curves measure: for the first `num_videos` videos, one row per model
+    (`videos`: name -> uint8 (B, N, H, W, 3), the ground truth first), one column per clip (`frame_clips`),
+    each the last frame that clip wrote. None when there is nothing to show."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not videos:
+        return None
+    N = next(iter(videos.values())).shape[1]
+    clips = frame_clips((N - num_motion) // frames_per_clip)
+    strip, rows = strip_frames(videos, num_motion, frames_per_clip, clips, num_videos)
+    first = next(iter(videos))
+    fig, axes = plt.subplots(len(rows), len(clips), figsize=(1.1 * len(clips) + 1.2, 1.1 * len(rows)), squeeze=False)
+    for r, (v, name) in enumerate(rows):
+        for j, c in enumerate(clips):
+            ax = axes[r, j]
+            ax.imshow(strip[r, j], interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"clip {c}", fontsize=9)
+            if j == 0:
+                label = name.replace("_", " ")
+                ax.set_ylabel(f"video {v}\n{label}" if name == first else label, fontsize=8, rotation=0,
+                              ha="right", va="center")
+    fig.suptitle(f"the last frame of each clip (seed {seed}'s first videos)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -713,9 +768,12 @@ def run(cfg: DictConfig) -> dict:
     if evald["world"].voice:
         add_soundtracks(cfg, evald["world"], mp4s)
     plot = plot_curves(summary, out / "drift_vs_time.png")
+    frames = plot_frames({k: v for k, v in vids.items() if k != "pose"}, int(cfg.condition.num_motion_frames),
+                         int(cfg.eval.num_frames) - int(cfg.condition.num_motion_frames), out / "frames.png",
+                         seed=int(first))
     signal_plot = plot_signals(cfg, evald["results"], out / "signal_vs_time.png")
     summary["timings_s"]["total"] = round(time.time() - t0, 1)
-    summary["files"] = {"plot": str(plot), "videos": [str(p) for p in mp4s], "per_clip": str(out / "per_clip.npz"),
+    summary["files"] = {"plot": str(plot), "frames": str(frames), "videos": [str(p) for p in mp4s], "per_clip": str(out / "per_clip.npz"),
                         "table": str(table_file), **({"signal_plot": str(signal_plot)} if signal_plot else {})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     table = drift_table(summary)

@@ -49,6 +49,8 @@ def test_demo_writes_summary_plot_and_videos(toy_base_dir, tmp_path):
     paired = summary["paired"]["erft_minus_plain"]["pooled"]
     assert paired["n"] == 4 and paired["low"] <= paired["mean"] <= paired["high"]
     assert (out / "drift_vs_time.png").stat().st_size > 10_000
+    assert (out / "frames.png").stat().st_size > 5_000 and summary["files"]["frames"].endswith("frames.png")
+    assert all(len(c["pose_err"]) == 2 for c in summary["curves"].values())  # the sprite lag, per clip
     # per-video, per-clip metrics saved: the summary's drift is re-derivable from them
     import numpy as np
 
@@ -241,3 +243,26 @@ def test_a_bad_motion_source_is_refused_before_any_fine_tune(tmp_path):
         run(cfg)
     assert not (tmp_path / "demo").exists()
     assert compose_config("toy/demo", []).eval.motion_from == "generated"
+
+
+def test_frames_strip_shows_the_last_frame_of_each_chosen_clip_per_video_and_model(tmp_path):
+    import numpy as np
+
+    from svi.toy.demo import frame_clips, plot_frames, strip_frames
+
+    assert frame_clips(60) == [0, 1, 2, 4, 8, 16, 32, 59] and frame_clips(2) == [0, 1] and frame_clips(1) == [0]
+    K, new, clips = 2, 3, 4
+    N = K + clips * new
+    # every pixel of frame t of video b of model m holds (m, b, t): the strip must pick frame K + (c + 1) new - 1
+    videos = {}
+    for m, name in enumerate(("ground_truth", "base", "erft")):
+        v = np.zeros((3, N, 4, 4, 3), dtype=np.uint8)
+        v[..., 0], v[..., 1] = m, np.arange(3)[:, None, None, None]
+        v[..., 2] = np.arange(N)[None, :, None, None]
+        videos[name] = v
+    strip, rows = strip_frames(videos, K, new, [0, 3], num_videos=2)
+    assert strip.shape == (6, 2, 4, 4, 3)
+    assert rows == [(0, "ground_truth"), (0, "base"), (0, "erft"), (1, "ground_truth"), (1, "base"), (1, "erft")]
+    assert strip[4, 1, 0, 0].tolist() == [1, 1, K + 4 * new - 1] and strip[0, 0, 0, 0].tolist() == [0, 0, K + new - 1]
+    assert plot_frames(videos, K, new, tmp_path / "f.png").stat().st_size > 1000
+    assert plot_frames({}, K, new, tmp_path / "none.png") is None
