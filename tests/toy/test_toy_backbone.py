@@ -78,3 +78,32 @@ def test_toy_clips_are_deterministic_and_well_formed():
     assert not torch.equal(ds[4]["video"], a["video"])
     with pytest.raises(ValueError, match="1\\+4k"):
         ToyClips(num_frames=8)
+
+
+def test_another_pretraining_round_is_toy_pretrain_from_a_named_base(toy_base_dir, tmp_path):
+    """experiment=toy_pretrain_more: toy_pretrain's recipe on a loaded base (only the backbone differs), the path
+    required; one step trains the whole loaded transformer and exports it with the base's autoencoder."""
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    more = OmegaConf.to_container(compose_config("train", ["experiment=toy_pretrain_more", "backbone.path=/b"]))
+    first = OmegaConf.to_container(compose_config("train", ["experiment=toy_pretrain", "trainer.max_steps=12000"]))
+    differs = {k for k in set(more) | set(first) if more.get(k) != first.get(k)}
+    assert differs == {"backbone", "experiment_name"}, differs
+    assert more["backbone"]["_target_"] == "svi.toy.backbone.load_toy_base" and more["backbone"]["path"] == "/b"
+    missing = subprocess.run([sys.executable, "-m", "svi.train", "experiment=toy_pretrain_more", "trainer.max_steps=1",
+                              f"hydra.run.dir={tmp_path / 'none'}"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "backbone.path" in missing.stdout + missing.stderr
+    out = tmp_path / "round2"
+    subprocess.run([sys.executable, "-m", "svi.train", "experiment=toy_pretrain_more", f"backbone.path={toy_base_dir}",
+                    "trainer.max_steps=1", "data.batch_size=2", "seed=1", f"hydra.run.dir={tmp_path / 'run'}",
+                    f"callbacks.backbone_export.dirpath={out}"], check=True, capture_output=True)
+    before, after = load_toy_base(str(toy_base_dir)), load_toy_base(str(out))
+    changed = [k for k, v in before.transformer.state_dict().items()
+               if not torch.equal(v, after.transformer.state_dict()[k])]
+    assert len(changed) > 0.8 * len(before.transformer.state_dict())
+    assert all(torch.equal(v, after.vae.state_dict()[k]) for k, v in before.vae.state_dict().items())
