@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from svi.paths import CONF_DIR
 from tests.conftest import TINY, compose_config
 
-PRETRAIN = {"toy_pretrain"}  # trains a base from scratch: no LoRA, no injection, nothing to ablate
+PRETRAIN = {"toy_pretrain", "toy_pretrain_more"}  # train a base (from scratch or further): no LoRA, no injection, nothing to ablate
 EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml") if p.stem not in PRETRAIN)
 ABLATIONS = sorted(p.stem for p in Path(CONF_DIR, "ablation").glob("*.yaml"))
 
