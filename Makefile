@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 ARGS ?=
 
-.PHONY: help install test test-fast demo demo-k2 demo-v1 demo-talk demo-dance demo-film demo-big demo-f9 toy-base toy-base-big toy-base-f9 toy-base-k2 toy-base-film toy-base-v1 train table-ablation table-toy-ablation table-consistency clean-outputs
+.PHONY: help install test test-fast demo demo-k2 demo-v1 demo-talk demo-dance demo-film demo-big demo-f9 demo-36k toy-base toy-base-big toy-base-f9 toy-base-36k toy-base-k2 toy-base-film toy-base-v1 train table-ablation table-toy-ablation table-consistency clean-outputs
 
 help:  ## list the verbs
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ demo-big: install  ## make demo in a world of larger sprites, on its own base (e
 demo-f9: install  ## make demo with 9-frame clips (E_img leaves a reference latent clean), on its own base (experiments/toy_long_clips; ~11 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_f9 $(ARGS)
 
+demo-36k: install  ## make demo on a stronger base: make demo's base pretrained 24000 steps more (experiments/toy_demo; ~8 min)
+	$(VENV)/bin/svi-demo --config-name toy/demo_36k $(ARGS)
+
 demo-dance: install  ## toy SVI-Dance on base v1: a pose video drives the sprites; drift, pose error, PSNR (~20 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_dance $(ARGS)
 
@@ -64,6 +67,14 @@ toy-base-big: install  ## retrain make demo-big's base (make toy-base in the lar
 toy-base-f9: install  ## retrain make demo-f9's base (make toy-base on 9-frame clips) into svi/assets/toy_base_k2_f9
 	$(VENV)/bin/svi-train experiment=toy_pretrain condition.num_motion_frames=2 backbone.native.num_frames=9 trainer.max_steps=12000 \
 	  callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_k2_f9 $(ARGS)
+
+toy-base-36k: install  ## two more pretraining rounds of 12000 steps from svi/assets/toy_base_k2_long into svi/assets/toy_base_k2_36k (~60 min)
+	$(VENV)/bin/svi-train experiment=toy_pretrain_more backbone.path=$(CURDIR)/svi/assets/toy_base_k2_long seed=1 \
+	  condition.num_motion_frames=2 hydra.run.dir=outputs/bases/k2_24k \
+	  callbacks.backbone_export.dirpath=$(CURDIR)/outputs/bases/k2_24k/toy_base $(ARGS)
+	$(VENV)/bin/svi-train experiment=toy_pretrain_more backbone.path=$(CURDIR)/outputs/bases/k2_24k/toy_base seed=2 \
+	  condition.num_motion_frames=2 hydra.run.dir=outputs/bases/k2_36k \
+	  callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_k2_36k $(ARGS)
 
 toy-base-k2: install  ## retrain the 4000-step K = 2 base (the samplers and image-error studies) into svi/assets/toy_base_k2 (~15 min)
 	$(VENV)/bin/svi-train experiment=toy_pretrain condition.num_motion_frames=2 \

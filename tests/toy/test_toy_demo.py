@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from svi.toy.backbone import load_toy_base
@@ -222,6 +223,24 @@ def test_larger_sprite_and_nine_frame_demos_change_one_thing_and_fine_tune_like_
         else:
             assert list(cfg.eval.world.sprite_size) == list(demo.eval.world.sprite_size) == [0.07, 0.14]
             assert cfg.eval.num_frames == train.backbone.native.num_frames == train.data.num_frames == 9
+
+
+def test_the_stronger_base_demo_is_make_demo_on_another_base_with_the_same_autoencoder():
+    """toy/demo_36k: make demo with only the base changed; that base (two more pretraining rounds from make demo's)
+    keeps make demo's autoencoder and architecture, so its latents mean the same."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    demo, strong = compose_config("toy/demo", []), compose_config("toy/demo_36k", [])
+    a, b = OmegaConf.to_container(demo), OmegaConf.to_container(strong)
+    assert {k for k in set(a) | set(b) if a.get(k) != b.get(k)} == {"base", "experiment_name"}
+    assert strong.base.endswith("svi/assets/toy_base_k2_36k")
+    old, new = load_toy_base(demo.base), load_toy_base(strong.base)
+    assert all(torch.equal(v, new.vae.state_dict()[k]) for k, v in old.vae.state_dict().items())
+    arch = lambda m: {k: v for k, v in m.config.items() if not k.startswith("_")}  # noqa: E731
+    assert arch(old.transformer) == arch(new.transformer)
+    assert any(not torch.equal(v, new.transformer.state_dict()[k]) for k, v in old.transformer.state_dict().items())
 
 
 def test_the_pretraining_autoencoder_is_fitted_on_the_training_worlds_sprite_size():
