@@ -1,6 +1,7 @@
 """Hand-off errors against recycled errors, for a finished `svi-demo` run (experiments/toy_demo).
 
-Rolls the run's models out again on seed `--seed`'s held-out worlds for `--clips` clips (the demo's
+For Shot and Film runs (a talk or dance run's signals are not replayed here). Rolls the run's models out
+again on seed `--seed`'s held-out worlds for `--clips` clips (the demo's
 settings, worlds and noise), measures each clip's condition-latent error against the true motion frames
 (`svi.toy.diagnostics.handoff_errors`), and reads the RMS of the video errors each ERFT fine-tune's replay
 memory holds, per timestep bucket (what the paper's E_img is drawn from). Prints both and writes
@@ -45,11 +46,13 @@ def main() -> None:
 
     from svi.backbones.official import merge_lora, read_lora
     from svi.flow import inference_sigmas
-    from svi.sampling.svi_clip import SVIClipSampler
+    from svi.sampling.media import from_uint8
+    from svi.sampling.svi_clip import SVIClipSampler, motion_latent_frames
     from svi.toy.backbone import load_toy_base
     from svi.toy.clips import ToyWorldSpec
     from svi.toy.diagnostics import bank_error_rms, handoff_errors, pooled_rms, replay_memory_state
     from svi.toy.rollout import heldout_worlds, rollout
+    from svi.toy.world import render
 
     stack = load_toy_base(cfg.base)
     base_state = {k: v.clone() for k, v in stack.transformer.state_dict().items()}
@@ -81,10 +84,6 @@ def main() -> None:
             sig = inference_sigmas(len(rms), float(hp["flow"]["shift"])).numpy()
             report["bank"][name] = {"sigma": sig.tolist(), "rms": rms.tolist(), "counts": counts.tolist(),
                                     "pooled": pooled_rms(rms, counts)}
-    from svi.sampling.media import from_uint8
-    from svi.sampling.svi_clip import motion_latent_frames
-    from svi.toy.world import render
-
     K = int(sampler.num_motion_frames)
     with torch.no_grad():  # the scale of the signal itself: the true condition latent of clip 0
         true = torch.cat([from_uint8(render(w, 0, K, spec.height, spec.width)) for w in worlds])

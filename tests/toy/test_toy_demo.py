@@ -81,6 +81,15 @@ def test_demo_writes_summary_plot_and_videos(toy_base_dir, tmp_path):
         assert variant["pooled"]["n"] == 4 and set(variant["per_seed"]) == {"0", "1"}
         assert abs(variant["ratio"] - summary["drift"][name] / summary["drift"]["plain_lora"]) < 1e-9
     assert "erft_self - plain LoRA" in again.stdout
+    # the hand-off diagnostic of experiments/toy_demo reads the same run: rollouts again, the ERFT replay memory
+    script = Path(__file__).resolve().parents[2] / "experiments" / "toy_demo" / "handoff_errors.py"
+    diag = subprocess.run([sys.executable, str(script), str(out), "--clips", "2", "--models", "base", "erft"],
+                          capture_output=True, text=True)
+    assert diag.returncode == 0, diag.stdout[-3000:] + diag.stderr[-3000:]
+    report = json.loads((out / "handoff_errors.json").read_text())
+    assert report["handoff"]["base"][0] == 0 and report["handoff"]["erft"][1] > 0  # clip 0 starts from true frames
+    assert len(report["bank"]["erft"]["rms"]) == 50 and sum(report["bank"]["erft"]["counts"]) > 0
+    assert (out / "handoff_errors.png").stat().st_size > 5_000
     # the table of every model, mean +- std over seeds, built from the scored runs (and each run's metrics.json)
     table = (out / "table.md").read_text()
     assert all(f"| {name} | 0,1 |" in table for name in ("base", "plain_lora", "erft", "erft_self", "erft_roll"))
