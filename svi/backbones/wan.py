@@ -386,12 +386,23 @@ def _tiny_vae_config(vae: dict | None) -> dict:
     return cfg
 
 
+def _drop_source_path(folder: Path) -> None:
+    """diffusers records where a loaded model was read from (`_name_or_path`, a local path) and writes it back
+    on save; a saved stack is a self-contained directory, so its configs do not name another one."""
+    cfg = folder / "config.json"
+    d = json.loads(cfg.read_text())
+    if d.pop("_name_or_path", None) is not None:
+        cfg.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
 def save_stack(stack: WanStack, path: str | Path) -> None:
     """Write a stack in the diffusers pipeline layout (what `load_wan_dir` reads)."""
     path = Path(path)
     stack.transformer.save_pretrained(path / "transformer")
+    _drop_source_path(path / "transformer")
     if stack.transformer_2 is not None:
         stack.transformer_2.save_pretrained(path / "transformer_2")
+        _drop_source_path(path / "transformer_2")
     if stack.transformer_2 is not None or stack.expand_timesteps:  # the pipeline settings diffusers keeps here
         index = {"_class_name": "WanImageToVideoPipeline", "boundary_ratio": stack.boundary_ratio,
                  "expand_timesteps": stack.expand_timesteps}
@@ -399,6 +410,7 @@ def save_stack(stack: WanStack, path: str | Path) -> None:
         (path / MODEL_INDEX).write_text(json.dumps(index, indent=2))
     if stack.vae is not None:
         stack.vae.save_pretrained(path / "vae")
+        _drop_source_path(path / "vae")
     if stack.text_encoder is not None:
         stack.text_encoder.save_pretrained(path / "text_encoder")
         stack.tokenizer.save_pretrained(path / "tokenizer")

@@ -107,3 +107,20 @@ def test_another_pretraining_round_is_toy_pretrain_from_a_named_base(toy_base_di
                if not torch.equal(v, after.transformer.state_dict()[k])]
     assert len(changed) > 0.8 * len(before.transformer.state_dict())
     assert all(torch.equal(v, after.vae.state_dict()[k]) for k, v in before.vae.state_dict().items())
+
+
+def test_a_stack_saved_after_loading_does_not_name_the_directory_it_came_from(toy_base_dir, tmp_path):
+    """diffusers writes a loaded model's source path (`_name_or_path`) back on save; save_stack drops it, so a base
+    trained further from another (make toy-base-36k) is a self-contained directory."""
+    import json
+
+    from svi.backbones.wan import save_stack
+
+    loaded = load_toy_base(str(toy_base_dir))
+    assert "_name_or_path" in loaded.transformer.config  # what diffusers records on loading
+    save_stack(loaded, tmp_path / "again")
+    for sub in ("transformer", "vae"):
+        saved = json.loads((tmp_path / "again" / sub / "config.json").read_text())
+        assert "_name_or_path" not in saved and saved["_class_name"]
+    again = load_toy_base(str(tmp_path / "again"))
+    assert all(torch.equal(v, again.transformer.state_dict()[k]) for k, v in loaded.transformer.state_dict().items())
