@@ -124,3 +124,18 @@ def test_a_stack_saved_after_loading_does_not_name_the_directory_it_came_from(to
         assert "_name_or_path" not in saved and saved["_class_name"]
     again = load_toy_base(str(tmp_path / "again"))
     assert all(torch.equal(v, again.transformer.state_dict()[k]) for k, v in loaded.transformer.state_dict().items())
+
+
+@pytest.mark.slow
+def test_a_multirun_with_a_base_path_keeps_its_job_folders_flat(toy_base_dir, tmp_path):
+    """A path override (backbone.path) never goes into a job folder's name, where its slashes would nest folders."""
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    subprocess.run([sys.executable, "-m", "svi.train", "-m", "experiment=toy_pretrain_more", f"backbone.path={toy_base_dir}",
+                    "trainer.max_steps=1", "data.batch_size=2", "seed=0,1", f"hydra.sweep.dir={sweep}"],
+                   check=True, capture_output=True)
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0_data.batch_size=2,seed=0,trainer.max_steps=1", "1_data.batch_size=2,seed=1,trainer.max_steps=1"]
+    assert all((sweep / j / "toy_base" / "transformer").is_dir() for j in jobs)
