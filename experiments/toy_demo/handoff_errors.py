@@ -42,24 +42,21 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from hydra.utils import instantiate
-
     from svi.backbones.official import merge_lora, read_lora
     from svi.flow import inference_sigmas
     from svi.sampling.media import from_uint8
-    from svi.sampling.svi_clip import SVIClipSampler, motion_latent_frames
+    from svi.sampling.svi_clip import motion_latent_frames
     from svi.toy.backbone import load_toy_base
-    from svi.toy.clips import ToyWorldSpec
-    from svi.toy.diagnostics import bank_error_rms, handoff_errors, pooled_rms, replay_memory_state
+    from svi.toy.demo import _eval_world, _sampler
+    from svi.toy.diagnostics import bank_error_rms, handoff_errors, pooled_rms, read_checkpoint, replay_memory_state
     from svi.toy.rollout import heldout_worlds, rollout
     from svi.toy.world import render
 
     stack = load_toy_base(cfg.base)
     base_state = {k: v.clone() for k, v in stack.transformer.state_dict().items()}
     ev = cfg.eval
-    sampler = SVIClipSampler(instantiate(cfg.condition), stack=stack, handoff=ev.handoff, quantize=ev.quantize,
-                             flow={"shift": ev.shift, "num_inference_steps": ev.num_inference_steps}, progress=False)
-    spec = ToyWorldSpec(**OmegaConf.to_container(ev.world, resolve=True))
+    sampler = _sampler(cfg, stack)  # the demo's own sampler and held-out worlds
+    spec = _eval_world(cfg, sampler.condition)
     worlds = heldout_worlds(spec, args.seed, int(ev.num_videos))
     F = int(ev.num_frames)
     report: dict = {"run": str(run), "seed": args.seed, "clips": args.clips, "handoff": {}, "bank": {}}
@@ -76,12 +73,12 @@ def main() -> None:
         print(f"  {name:>14}: " + " ".join(f"{v:.2f}" for v in e))
         ckpt = run / "train" / f"{name}_seed{args.seed}" / "checkpoints" / "last.ckpt"
         if name != "base" and ckpt.is_file():
+            state = read_checkpoint(ckpt)
             try:
-                rms, counts = bank_error_rms(replay_memory_state(ckpt))
+                rms, counts = bank_error_rms(replay_memory_state(state))
             except ValueError:  # plain LoRA: no replay memory
                 continue
-            hp = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
-            sig = inference_sigmas(len(rms), float(hp["flow"]["shift"])).numpy()
+            sig = inference_sigmas(len(rms), float(state["hyper_parameters"]["flow"]["shift"])).numpy()
             report["bank"][name] = {"sigma": sig.tolist(), "rms": rms.tolist(), "counts": counts.tolist(),
                                     "pooled": pooled_rms(rms, counts)}
     K = int(sampler.num_motion_frames)

@@ -57,15 +57,22 @@ def handoff_errors(stack, condition, videos: np.ndarray, worlds: list, num_frame
     return out
 
 
-def replay_memory_state(checkpoint: str | Path) -> dict:
-    """The replay memory's state dict ({"vid": ..., "noi": ...}) from an `svi-train` checkpoint."""
+def read_checkpoint(checkpoint: str | Path) -> dict:
+    """An `svi-train` Lightning checkpoint, loaded on the CPU."""
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (an svi-train run keeps it as checkpoints/last.ckpt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def replay_memory_state(checkpoint: str | Path | dict) -> dict:
+    """The replay memory's state dict ({"vid": ..., "noi": ...}) from an `svi-train` checkpoint (a path, or one
+    already read with `read_checkpoint`)."""
+    ckpt = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
     state = ckpt.get("callbacks", {}).get(REPLAY_CALLBACK)
     if state is None or "memory" not in state:
-        raise ValueError(f"{path} holds no replay memory: was it an ERFT run (not ablation=no_erft)?")
+        where = "the checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
+        raise ValueError(f"{where} holds no replay memory: was it an ERFT run (not ablation=no_erft)?")
     return state["memory"]
 
 
