@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from svi.toy.signals import clip_signals, signal_world
-from svi.toy.world import SPRITE_SIZE, caption, derive_seed, make_world, render
+from svi.toy.world import SPRITE_SIZE, SPRITE_SPEED, caption, derive_seed, make_world, render
 
 TRAIN, TEST = 0, 1
 
@@ -40,11 +40,13 @@ class ToyWorldSpec:
     voice: bool = False  # talk worlds: the top sprite's size follows a sound (svi.toy.signals)
     dance: bool = False  # dance worlds: the sprites follow a choreography shown by a pose video
     sprite_size: tuple[float, float] = SPRITE_SIZE  # range of a sprite's half-extent (fraction of the shorter side)
+    speed: tuple[float, float] = SPRITE_SPEED  # range of a sprite's speed per axis (unit box per frame); [0, 0] = still
 
     def world(self, seed: int):
         signals = {k: True for k in ("voice", "dance") if getattr(self, k)}
         return make_world(seed, scene_change_every=self.scene_change_every, min_sprites=self.min_sprites,
                           max_sprites=self.max_sprites, drift=self.drift, sprite_size=tuple(self.sprite_size),
+                          speed=tuple(self.speed),
                           **signals)
 
 

@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> dict:
         height=cfg.height, width=cfg.width, fps=cfg.fps, seed=cfg.seed, category=cfg.category,
         film=cfg.film, scene_change_every=cfg.scene_change_every, max_sprites=cfg.max_sprites,
         drift=cfg.drift, voice=cfg.voice, dance=cfg.dance, progress=cfg.progress,
-        sprite_size=list(cfg.sprite_size),
+        sprite_size=list(cfg.sprite_size), speed=list(cfg.speed),
     )
     mode = "single-shot"
     if summary["film"]:

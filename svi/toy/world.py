@@ -136,6 +136,7 @@ def _check_seed(seed) -> int:
 
 
 SPRITE_SIZE = (0.07, 0.14)  # default range of a sprite's half-extent (fraction of the shorter side)
+SPRITE_SPEED = (0.008, 0.03)  # default range of a sprite's speed along each axis (unit-box lengths per frame)
 
 
 def _check_sprite_size(sprite_size) -> tuple[float, float]:
@@ -150,14 +151,27 @@ def _check_sprite_size(sprite_size) -> tuple[float, float]:
     return lo, hi
 
 
+def _check_speed(speed) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in speed)
+    except (TypeError, ValueError):
+        raise ValueError(f"speed must be a pair [low, high] of per-axis sprite speeds (unit-box lengths per frame), "
+                         f"got {speed!r}") from None
+    if not 0.0 <= lo <= hi <= 0.25:
+        raise ValueError(f"speed must satisfy 0 <= low <= high <= 0.25 ([0, 0] = sprites that stay put), got {[lo, hi]}")
+    return lo, hi
+
+
 def make_scene(seed: int, max_sprites: int = 4, min_sprites: int = 1, drift: float = 0.0, voice: bool = False,
-               dance: bool = False, sprite_size=SPRITE_SIZE) -> Scene:
+               dance: bool = False, sprite_size=SPRITE_SIZE, speed=SPRITE_SPEED) -> Scene:
     """Sample a scene deterministically from ``seed`` (same seed -> same scene, always). `voice` / `dance` add
     the talk / dance signal, drawn from their own child seeds (the rest of the scene is the same without).
     `sprite_size` is the range each sprite's half-extent is drawn from (the same draws for any range, so a
-    scene with larger sprites is the same scene otherwise)."""
+    scene with larger sprites is the same scene otherwise). `speed` is the range of each sprite's speed along
+    each axis (the same draws for any range; [0, 0] = sprites that stay where they start)."""
     seed = _check_seed(seed)
     size_lo, size_hi = _check_sprite_size(sprite_size)
+    speed_lo, speed_hi = _check_speed(speed)
     if not 1 <= min_sprites <= max_sprites <= len(SPRITE_COLOURS):
         raise ValueError(f"need 1 <= min_sprites <= max_sprites <= {len(SPRITE_COLOURS)}, "
                          f"got min_sprites={min_sprites}, max_sprites={max_sprites}")
@@ -173,7 +187,8 @@ def make_scene(seed: int, max_sprites: int = 4, min_sprites: int = 1, drift: flo
     colours = rng.choice(list(SPRITE_COLOURS), size=n, replace=False)
     sprites = []
     for colour in colours:
-        speed = rng.uniform(0.008, 0.03, size=2) * rng.choice([-1.0, 1.0], size=2)
+        speed = speed_lo + (speed_hi - speed_lo) * rng.uniform(0, 1, size=2)
+        speed = speed * rng.choice([-1.0, 1.0], size=2)
         sprites.append(Sprite(shape=SHAPES[rng.integers(len(SHAPES))], colour=str(colour),
                               size=float(rng.uniform(size_lo, size_hi)), x0=float(rng.uniform(0, 1)),
                               y0=float(rng.uniform(0, 1)), vx=float(speed[0]), vy=float(speed[1])))
@@ -208,6 +223,7 @@ class FilmScript:
     min_sprites: int = 1
     drift: float = 0.0
     sprite_size: tuple[float, float] = SPRITE_SIZE
+    speed: tuple[float, float] = SPRITE_SPEED
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -217,6 +233,7 @@ class FilmScript:
                              f"got {self.scene_change_every!r}")
         self.scene_change_every = int(self.scene_change_every)
         self.sprite_size = _check_sprite_size(self.sprite_size)
+        self.speed = _check_speed(self.speed)
         make_scene(0, self.max_sprites, self.min_sprites, self.drift)  # validate options eagerly
 
     def shot_index(self, frame: int) -> int:
@@ -226,13 +243,13 @@ class FilmScript:
         if index not in self._cache:
             seed = derive_seed(self.seed, index, 1)
             self._cache[index] = make_scene(seed, self.max_sprites, self.min_sprites, self.drift,
-                                            sprite_size=self.sprite_size)
+                                            sprite_size=self.sprite_size, speed=self.speed)
         return self._cache[index]
 
     def to_dict(self) -> dict:
         return {"seed": self.seed, "scene_change_every": self.scene_change_every,
                 "max_sprites": self.max_sprites, "min_sprites": self.min_sprites, "drift": self.drift,
-                "sprite_size": list(self.sprite_size)}
+                "sprite_size": list(self.sprite_size), "speed": list(self.speed)}
 
 
 def make_world(seed: int, scene_change_every: int | None = None, **options) -> Scene | FilmScript:
@@ -479,7 +496,7 @@ def write_dataset(out_dir, num_videos: int, num_frames: int = 81, height: int = 
                   fps: int = 16, seed: int = 0, category: str = "toyworld", film: bool = False,
                   scene_change_every: int | None = None, max_sprites: int = 4, drift: float = 0.0,
                   voice: bool = False, dance: bool = False, progress: bool = True,
-                  sprite_size=SPRITE_SIZE) -> dict:
+                  sprite_size=SPRITE_SIZE, speed=SPRITE_SPEED) -> dict:
     """Write ``num_videos`` toy videos in the official SVI layout plus ``scenes.jsonl``.
 
     Film mode cuts to a new scene every ``scene_change_every`` frames (default: a third of the
@@ -500,6 +517,7 @@ def write_dataset(out_dir, num_videos: int, num_frames: int = 81, height: int = 
         raise ValueError(f"category must be a plain folder name, got {category!r}")
     seed = _check_seed(seed)
     _check_sprite_size(sprite_size)
+    _check_speed(speed)
     film = bool(film) or scene_change_every is not None
     if film and (voice or dance):
         raise ValueError("voice and dance worlds are single shots: set film=false and scene_change_every=null")
@@ -514,7 +532,7 @@ def write_dataset(out_dir, num_videos: int, num_frames: int = 81, height: int = 
         table.writerow(CSV_COLUMNS + ("audio",) * bool(voice) + ("pose",) * bool(dance))
         for i in tqdm(range(num_videos), desc=f"writing {category}", unit="video", disable=not progress):
             video_seed = derive_seed(seed, i)
-            options = dict(max_sprites=max_sprites, drift=drift, sprite_size=tuple(sprite_size),
+            options = dict(max_sprites=max_sprites, drift=drift, sprite_size=tuple(sprite_size), speed=tuple(speed),
                            **({"voice": True} if voice else {}),
                            **({"dance": True} if dance else {}))
             world = make_world(video_seed, scene_change_every if film else None, **options)

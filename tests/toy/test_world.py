@@ -213,3 +213,36 @@ def test_world_spec_passes_the_sprite_size_to_scenes_and_films():
     assert all(0.15 <= s.size <= 0.22 for s in film.shot(2).sprites)
     big, small = toy_videos(2, 5, world=spec), toy_videos(2, 5)
     assert big.shape == small.shape == (2, 3, 5, 32, 32) and not torch.equal(big, small)
+
+
+def test_speed_range_sets_how_fast_the_sprites_move_and_keeps_the_rest_of_the_scene():
+    moving, still, fast = make_scene(9, 2, 2), make_scene(9, 2, 2, speed=[0, 0]), make_scene(9, 2, 2, speed=(0.05, 0.1))
+    assert moving == make_scene(9, 2, 2, speed=tw.SPRITE_SPEED)  # the default range
+    assert moving.background == still.background == fast.background
+    for a, s, f in zip(moving.sprites, still.sprites, fast.sprites):
+        assert s.vx == s.vy == 0.0 and dataclasses.replace(a, vx=0.0, vy=0.0) == dataclasses.replace(s, vx=0.0, vy=0.0)
+        assert 0.05 <= abs(f.vx) <= 0.1 and 0.05 <= abs(f.vy) <= 0.1
+        # the same draws mapped to the new range, the same directions
+        assert np.isclose((abs(a.vx) - 0.008) / 0.022, (abs(f.vx) - 0.05) / 0.05)
+        assert np.sign(a.vx) == np.sign(f.vx) and np.sign(a.vy) == np.sign(f.vy)
+    frames = render(still, 0, 40, 32, 32)
+    assert (frames == frames[:1]).all()  # still sprites: every frame is frame 0
+    assert not (render(moving, 0, 40, 32, 32) == frames[:1]).all()
+    film = FilmScript(seed=3, scene_change_every=10, speed=[0, 0])
+    assert film.speed == (0.0, 0.0) and all(s.vx == s.vy == 0 for s in film.shot(1).sprites)
+    assert load_scene({"film": True, "script": film.to_dict()}).shot(1) == film.shot(1)
+    for bad in ((0.02, 0.01), (-0.01, 0.01), (0.1, 0.3), 0.02, ("a", 0.1)):
+        with pytest.raises(ValueError, match="speed"):
+            make_scene(0, speed=bad)
+
+
+def test_world_spec_and_dataset_pass_the_speed(tmp_path):
+    from svi.toy.clips import ToyWorldSpec, toy_videos
+
+    spec = ToyWorldSpec(speed=[0, 0])
+    assert spec.world(4) == make_scene(4, 2, 2, speed=(0, 0))
+    clips = toy_videos(2, 5, world=spec)
+    assert torch.equal(clips, clips[:, :, :1].expand_as(clips))  # nothing moves in a still world
+    summary = write_dataset(tmp_path, num_videos=1, num_frames=6, height=32, width=32, speed=[0, 0], progress=False)
+    scene = load_scene(read_scenes(summary["jsonl"])[0])
+    assert scene == make_scene(scene.seed, 4, 1, speed=(0, 0)) and all(s.vx == s.vy == 0 for s in scene.sprites)
