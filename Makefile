@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 ARGS ?=
 
-.PHONY: help install test test-fast demo demo-k2 demo-v1 demo-talk demo-dance demo-film demo-big demo-f9 demo-36k toy-base toy-base-big toy-base-f9 toy-base-36k toy-base-k2 toy-base-film toy-base-v1 train table-ablation table-toy-ablation table-consistency clean-outputs
+.PHONY: help install test test-fast demo demo-k2 demo-v1 demo-talk demo-dance demo-film demo-big demo-f9 demo-36k demo-still toy-base toy-base-big toy-base-f9 toy-base-36k toy-base-still toy-base-k2 toy-base-film toy-base-v1 train table-ablation table-toy-ablation table-consistency clean-outputs
 
 help:  ## list the verbs
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ demo-f9: install  ## make demo with 9-frame clips (E_img leaves a reference late
 demo-36k: install  ## make demo on a stronger base: make demo's base pretrained 24000 steps more (experiments/toy_demo; ~8 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_36k $(ARGS)
 
+demo-still: install  ## make demo in a world whose sprites stay put, on its own base (experiments/toy_still; ~8 min)
+	$(VENV)/bin/svi-demo --config-name toy/demo_still $(ARGS)
+
 demo-dance: install  ## toy SVI-Dance on base v1: a pose video drives the sprites; drift, pose error, PSNR (~20 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_dance $(ARGS)
 
@@ -75,6 +78,11 @@ toy-base-36k: install  ## two more pretraining rounds of 12000 steps from svi/as
 	$(VENV)/bin/svi-train experiment=toy_pretrain_more backbone.path=$(CURDIR)/outputs/bases/k2_24k/toy_base seed=2 \
 	  condition.num_motion_frames=2 hydra.run.dir=outputs/bases/k2_36k \
 	  callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_k2_36k $(ARGS)
+
+toy-base-still: install  ## retrain make demo-still's base (make demo's base + 4000 steps in a still world) into svi/assets/toy_base_k2_still (~20 min)
+	$(VENV)/bin/svi-train experiment=toy_pretrain_more backbone.path=$(CURDIR)/svi/assets/toy_base_k2_long seed=3 \
+	  condition.num_motion_frames=2 'data.world.speed=[0,0]' trainer.max_steps=4000 hydra.run.dir=outputs/bases/k2_still \
+	  callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_k2_still $(ARGS)
 
 toy-base-k2: install  ## retrain the 4000-step K = 2 base (the samplers and image-error studies) into svi/assets/toy_base_k2 (~15 min)
 	$(VENV)/bin/svi-train experiment=toy_pretrain condition.num_motion_frames=2 \

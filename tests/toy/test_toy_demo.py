@@ -252,6 +252,29 @@ def test_the_stronger_base_demo_is_make_demo_on_another_base_with_the_same_autoe
     assert any(not torch.equal(v, new.transformer.state_dict()[k]) for k, v in old.transformer.state_dict().items())
 
 
+def test_the_still_world_demo_is_make_demo_with_still_sprites_everywhere():
+    """toy/demo_still: make demo with the world's sprite speed set to zero for the held-out worlds and the
+    fine-tunes alike, on its own base (make demo's, pretrained further in that world: same autoencoder)."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    demo, still = compose_config("toy/demo", []), compose_config("toy/demo_still", [])
+    a, b = OmegaConf.to_container(demo), OmegaConf.to_container(still)
+    assert {k for k in set(a) | set(b) if a.get(k) != b.get(k)} == {"base", "experiment_name", "train_overrides", "eval"}
+    assert list(still.train_overrides) == ["data.world.speed=[0.0, 0.0]"]
+    assert {k for k in a["eval"] if a["eval"][k] != b["eval"][k]} == {"world"}
+    assert {k for k in a["eval"]["world"] if a["eval"]["world"][k] != b["eval"]["world"][k]} == {"speed"}
+    assert list(still.eval.world.speed) == [0.0, 0.0] and list(demo.eval.world.speed) == [0.008, 0.03]
+    assert still.base.endswith("svi/assets/toy_base_k2_still")
+    train = compose_config("train", [f"experiment={still.train_experiment}", *still.train_overrides,
+                                     f"backbone.path={still.base}", *still.models.erft])
+    assert list(train.data.world.speed) == [0.0, 0.0]
+    assert list(compose_config("train", ["experiment=toy_svi_shot"]).data.world.speed) == [0.008, 0.03]
+    old, new = load_toy_base(demo.base), load_toy_base(still.base)
+    assert all(torch.equal(v, new.vae.state_dict()[k]) for k, v in old.vae.state_dict().items())
+
+
 def test_the_pretraining_autoencoder_is_fitted_on_the_training_worlds_sprite_size():
     from tests.conftest import compose_config
 
