@@ -139,27 +139,25 @@ SPRITE_SIZE = (0.07, 0.14)  # default range of a sprite's half-extent (fraction 
 SPRITE_SPEED = (0.008, 0.03)  # default range of a sprite's speed along each axis (unit-box lengths per frame)
 
 
-def _check_sprite_size(sprite_size) -> tuple[float, float]:
+def _check_range(value, name: str, what: str, ok, rule: str) -> tuple[float, float]:
+    """A [low, high] pair of floats for option `name` (`what` it holds), or a ValueError saying the `rule`."""
     try:
-        lo, hi = (float(v) for v in sprite_size)
+        lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"sprite_size must be a pair [low, high] of half-extents (fractions of the shorter "
-                         f"frame side), got {sprite_size!r}") from None
-    if not 0.0 < lo <= hi < 0.5:
-        raise ValueError(f"sprite_size must satisfy 0 < low <= high < 0.5 (a sprite must fit in the frame), "
-                         f"got {[lo, hi]}")
+        raise ValueError(f"{name} must be a pair [low, high] of {what}, got {value!r}") from None
+    if not ok(lo, hi):
+        raise ValueError(f"{name} must satisfy {rule}, got {[lo, hi]}")
     return lo, hi
+
+
+def _check_sprite_size(sprite_size) -> tuple[float, float]:
+    return _check_range(sprite_size, "sprite_size", "half-extents (fractions of the shorter frame side)",
+                        lambda lo, hi: 0.0 < lo <= hi < 0.5, "0 < low <= high < 0.5 (a sprite must fit in the frame)")
 
 
 def _check_speed(speed) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in speed)
-    except (TypeError, ValueError):
-        raise ValueError(f"speed must be a pair [low, high] of per-axis sprite speeds (unit-box lengths per frame), "
-                         f"got {speed!r}") from None
-    if not 0.0 <= lo <= hi <= 0.25:
-        raise ValueError(f"speed must satisfy 0 <= low <= high <= 0.25 ([0, 0] = sprites that stay put), got {[lo, hi]}")
-    return lo, hi
+    return _check_range(speed, "speed", "per-axis sprite speeds (unit-box lengths per frame)",
+                        lambda lo, hi: 0.0 <= lo <= hi <= 0.25, "0 <= low <= high <= 0.25 ([0, 0] = sprites that stay put)")
 
 
 def make_scene(seed: int, max_sprites: int = 4, min_sprites: int = 1, drift: float = 0.0, voice: bool = False,
