@@ -53,7 +53,7 @@ demo-f9: install  ## make demo with 9-frame clips (E_img leaves a reference late
 demo-36k: install  ## make demo on a stronger base: make demo's base pretrained 24000 steps more (experiments/toy_demo; ~8 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_36k $(ARGS)
 
-demo-still: install  ## make demo in a world whose sprites stay put, on its own base (experiments/toy_still; ~8 min)
+demo-still: install  ## make demo in a world whose sprites stay put, on its own base (experiments/toy_still; ~6 min)
 	$(VENV)/bin/svi-demo --config-name toy/demo_still $(ARGS)
 
 demo-dance: install  ## toy SVI-Dance on base v1: a pose video drives the sprites; drift, pose error, PSNR (~20 min)
@@ -79,7 +79,7 @@ toy-base-36k: install  ## two more pretraining rounds of 12000 steps from svi/as
 	  condition.num_motion_frames=2 hydra.run.dir=outputs/bases/k2_36k \
 	  callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_k2_36k $(ARGS)
 
-toy-base-still: install  ## retrain make demo-still's base (make demo's base + 4000 steps in a still world) into svi/assets/toy_base_k2_still (~20 min)
+toy-base-still: install  ## retrain make demo-still's base (make demo's base + 4000 steps in a still world) into svi/assets/toy_base_k2_still (~10 min)
 	$(VENV)/bin/svi-train experiment=toy_pretrain_more backbone.path=$(CURDIR)/svi/assets/toy_base_k2_long seed=3 \
 	  condition.num_motion_frames=2 'data.world.speed=[0,0]' trainer.max_steps=4000 hydra.run.dir=outputs/bases/k2_still \
 	  callbacks.backbone_export.dirpath=$(CURDIR)/svi/assets/toy_base_k2_still $(ARGS)
