@@ -3,12 +3,13 @@
     python experiments/toy_still/plot.py outputs/experiments/toy_still/{still,slow,moving} \
         --names still slow moving --out experiments/toy_still/speed_drift.png
 
-Each RUN is a finished svi-demo run (its per_clip.npz); curves are means over seeds and videos.
+Each RUN is a finished svi-demo run; its `summary.json` holds the curves (means over seeds and videos).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,12 @@ MODELS = {"base": "base", "plain_lora": "plain LoRA", "erft": "ERFT (the paper's
 PANELS = {"world_rmse": "world RMSE (primary)", "pose_err": "sprite lag (px)"}
 
 
-def curve(per_clip, model: str, metric: str) -> np.ndarray:
-    """Mean over every seed's videos of one model's per-clip metric."""
-    rows = [per_clip[k] for k in per_clip.files if k.split("/")[1:] == [model, metric]]
-    if not rows:
-        raise SystemExit(f"plot.py: no {model}/{metric} curves in this per_clip.npz; is it a svi-demo run?")
-    return np.nanmean(np.concatenate([r.reshape(-1, r.shape[-1]) for r in rows]), axis=0)
+def curve(summary: dict, model: str, metric: str) -> np.ndarray:
+    """One model's per-clip curve of `metric` from a run's summary.json (mean over seeds and videos)."""
+    try:
+        return np.asarray(summary["curves"][model][metric], dtype=float)
+    except KeyError:
+        raise SystemExit(f"plot.py: no {model}/{metric} curve in this summary.json; is it a svi-demo run?") from None
 
 
 def main(argv=None) -> Path:
@@ -34,9 +35,9 @@ def main(argv=None) -> Path:
     names = args.names or [r.name for r in args.runs]
     if len(names) != len(args.runs):
         raise SystemExit(f"plot.py: {len(args.runs)} runs but {len(names)} --names; give one name per run")
-    missing = [str(r) for r in args.runs if not (r / "per_clip.npz").is_file()]
+    missing = [str(r) for r in args.runs if not (r / "summary.json").is_file()]
     if missing:
-        raise SystemExit(f"plot.py: no per_clip.npz in {', '.join(missing)}; run svi-demo there first")
+        raise SystemExit(f"plot.py: no summary.json in {', '.join(missing)}; run svi-demo there first")
 
     import matplotlib
 
@@ -46,11 +47,11 @@ def main(argv=None) -> Path:
     fig, axes = plt.subplots(len(PANELS), len(args.runs), figsize=(4.2 * len(args.runs), 6.4), squeeze=False,
                              sharey="row")
     for j, (run, name) in enumerate(zip(args.runs, names)):
-        per_clip = np.load(run / "per_clip.npz")
+        summary = json.loads((run / "summary.json").read_text())
         for i, (metric, label) in enumerate(PANELS.items()):
             ax = axes[i, j]
             for model, legend in MODELS.items():
-                y = curve(per_clip, model, metric)
+                y = curve(summary, model, metric)
                 ax.plot(np.arange(len(y)), y, label=legend, ls=":" if model == "ceiling" else "-")
             ax.set_title(f"{name}: {label}" if i == 0 else label, fontsize=10)
             ax.set_xlabel("clip")

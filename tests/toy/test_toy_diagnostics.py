@@ -52,8 +52,9 @@ def test_bank_error_rms_per_bucket_and_pooled_over_stored_errors(tmp_path):
         replay_memory_state(tmp_path / "missing.ckpt")
 
 
-def test_speed_study_plot_averages_every_seeds_videos_and_names_a_missing_run(tmp_path):
+def test_speed_study_plot_reads_each_runs_curves_and_names_a_missing_run(tmp_path):
     import importlib.util
+    import json
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "experiments" / "toy_still" / "plot.py"
@@ -62,20 +63,18 @@ def test_speed_study_plot_averages_every_seeds_videos_and_names_a_missing_run(tm
     spec.loader.exec_module(plot)
     runs = []
     for r, offset in (("a", 0.0), ("b", 10.0)):
-        arrays = {}
-        for seed in (0, 1):
-            for model in plot.MODELS:
-                for metric in plot.PANELS:
-                    # 2 videos x 3 clips; seed 1 adds 1, so the mean over seeds and videos is known
-                    arrays[f"seed{seed}/{model}/{metric}"] = offset + seed + np.array([[0.0, 1, 2], [2, 3, np.nan]])
+        curves = {model: {metric: [offset + i + j for j in range(3)] for i, metric in enumerate(plot.PANELS)}
+                  for model in plot.MODELS}
         (tmp_path / r).mkdir()
-        np.savez(tmp_path / r / "per_clip.npz", **arrays)
+        (tmp_path / r / "summary.json").write_text(json.dumps({"curves": curves}))
         runs.append(tmp_path / r)
-    loaded = np.load(runs[1] / "per_clip.npz")
-    np.testing.assert_allclose(plot.curve(loaded, "erft", "world_rmse"), [11.5, 12.5, 12.5])
+    summary = json.loads((runs[1] / "summary.json").read_text())
+    np.testing.assert_allclose(plot.curve(summary, "erft", "pose_err"), [11.0, 12.0, 13.0])
+    with pytest.raises(SystemExit, match="no erft/speed curve"):
+        plot.curve(summary, "erft", "speed")
     out = plot.main([*map(str, runs), "--names", "A", "B", "--out", str(tmp_path / "fig.png")])
     assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(SystemExit, match="per_clip.npz"):
+    with pytest.raises(SystemExit, match="summary.json"):
         plot.main([str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="one name per run"):
         plot.main([*map(str, runs), "--names", "A"])
