@@ -11,6 +11,11 @@ side by side in the same (normalised) latent units:
   (what `img_source=window` draws E_img from), read from its Lightning checkpoint.
 
 `experiments/toy_demo/handoff_errors.py` prints and plots both for a demo run.
+
+And one question about the sprites a rollout loses: are they lost where the world's sprites touch (one
+occluding the other)? `first_touch_clip` and `first_loss_clip` give the two clips per video and
+`loss_at_touch` compares how often they coincide with what shuffling the touches across videos gives
+(`experiments/toy_still/touch.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from svi.toy.world import render
+from svi.toy.world import max_sizes, render, sprite_centres
 from svi.sampling.media import from_uint8
 from svi.sampling.svi_clip import motion_latent_frames
 
@@ -93,3 +98,50 @@ def pooled_rms(rms: np.ndarray, counts: np.ndarray) -> float:
     """RMS over every stored error (what a draw from all buckets averages to, counts as weights)."""
     keep = counts > 0
     return float(np.sqrt(np.sum(rms[keep] ** 2 * counts[keep]) / counts[keep].sum())) if keep.any() else float("nan")
+
+
+def first_touch_clip(world, num_clips: int, new_frames: int, start: int, height: int, width: int,
+                     gap: float = 1.0) -> int:
+    """The first clip (0-based; -1 if none) with a frame where two of the world's sprites come within `gap`
+    px of each other, edge to edge (each sprite as the disc of its largest half-extent). Clip c holds
+    frames start + c new_frames .. start + (c + 1) new_frames - 1, as a rollout's new frames."""
+    frames = np.arange(start, start + num_clips * new_frames)
+    c = sprite_centres(world, frames, height, width)  # (T, n, 2)
+    r = max_sizes(world) * min(height, width)
+    n = c.shape[1]
+    touch = np.zeros(len(frames), dtype=bool)
+    for i in range(n):
+        for j in range(i + 1, n):
+            touch |= np.linalg.norm(c[:, i] - c[:, j], axis=-1) - (r[i] + r[j]) < gap
+    hits = np.nonzero(touch.reshape(num_clips, new_frames).any(axis=1))[0]
+    return int(hits[0]) if len(hits) else -1
+
+
+def first_loss_clip(objects: np.ndarray, below: float) -> int:
+    """The first clip (-1 if none) whose mean count of sprites present (`objects`, per clip) is below `below`."""
+    hits = np.nonzero(np.asarray(objects, dtype=np.float64) < below)[0]
+    return int(hits[0]) if len(hits) else -1
+
+
+def loss_at_touch(lost, touched, window: int = 1, shuffles: int = 2000, seed: int = 0) -> dict:
+    """How often a video's first sprite loss comes 0..`window` clips after its first touch, against chance.
+
+    `lost`, `touched`: per video, the clips of `first_loss_clip` and `first_touch_clip` (-1 = never). Over
+    the videos with both, returns the fraction that coincide (`observed`), the same fraction with the touch
+    clips shuffled across those videos (`shuffled`: the mean, `shuffled_q975`: its 97.5 % quantile), and `n`.
+    """
+    lost, touched = np.asarray(lost), np.asarray(touched)
+    if lost.shape != touched.shape:
+        raise ValueError(f"one loss clip and one touch clip per video: got {lost.shape} and {touched.shape}")
+    keep = (lost >= 0) & (touched >= 0)
+    a, b = lost[keep], touched[keep]
+    if not len(a):
+        return {"observed": float("nan"), "shuffled": float("nan"), "shuffled_q975": float("nan"), "n": 0}
+
+    def hit(bb):
+        return float(np.mean((a - bb >= 0) & (a - bb <= window)))
+
+    rng = np.random.default_rng(seed)
+    null = np.array([hit(rng.permutation(b)) for _ in range(shuffles)])
+    return {"observed": hit(b), "shuffled": float(null.mean()), "shuffled_q975": float(np.quantile(null, 0.975)),
+            "n": int(len(a))}

@@ -1,4 +1,5 @@
-"""Hand-off errors of a rollout against the true frames, and the size of the errors a replay memory holds."""
+"""Hand-off errors of a rollout against the true frames, the size of the errors a replay memory holds, and
+whether sprites are lost where they touch."""
 
 import math
 
@@ -9,7 +10,8 @@ import torch
 from svi.conditions import Condition
 from svi.erft.memory import MemoryConfig, ReplayMemory
 from svi.toy.clips import ToyWorldSpec
-from svi.toy.diagnostics import bank_error_rms, handoff_errors, pooled_rms, replay_memory_state
+from svi.toy.diagnostics import (bank_error_rms, first_loss_clip, first_touch_clip, handoff_errors, loss_at_touch,
+                                 pooled_rms, replay_memory_state)
 from svi.toy.rollout import ground_truth, heldout_worlds
 
 
@@ -78,3 +80,32 @@ def test_speed_study_plot_reads_each_runs_curves_and_names_a_missing_run(tmp_pat
         plot.main([str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="one name per run"):
         plot.main([*map(str, runs), "--names", "A"])
+
+
+def test_first_touch_clip_finds_when_two_approaching_discs_meet():
+    from svi.toy.world import Background, Scene, Sprite
+
+    # two discs of half-extent 0.1 (3.2 px) on one row, closing at 0.02 unit-box lengths per frame: their
+    # centres, on a 25.6 px span, are (0.8 - 0.02 t) 25.6 px apart, so they come within g px edge to edge
+    # at the first frame with (0.8 - 0.02 t) 25.6 < 6.4 + g
+    a = Sprite(shape="disc", colour="red", size=0.1, x0=0.1, y0=0.5, vx=0.01, vy=0.0)
+    b = Sprite(shape="disc", colour="blue", size=0.1, x0=0.9, y0=0.5, vx=-0.01, vy=0.0)
+    scene = Scene(0, Background("gradient", ("navy", "gray"), 0.2, 0.0, 0.0), (a, b))
+    # clip c holds frames 2 + 3c .. 4 + 3c
+    assert first_touch_clip(scene, 20, 3, 2, 32, 32, gap=1.0) == 8   # frame 26
+    assert first_touch_clip(scene, 20, 3, 2, 32, 32, gap=5.0) == 5   # frame 18
+    assert first_touch_clip(scene, 3, 3, 2, 32, 32) == -1            # frames 2..10: still apart
+    assert first_touch_clip(Scene(0, scene.background, (a,)), 20, 3, 2, 32, 32) == -1  # one sprite touches nothing
+
+
+def test_loss_at_touch_counts_losses_just_after_a_touch_against_shuffled_touches():
+    assert first_loss_clip([2.0, 1.9, 1.4, 2.0], below=1.5) == 2
+    assert first_loss_clip([2.0, 1.9], below=1.5) == -1
+    # videos 0 and 1 lose a sprite 0 and 1 clips after their first touch; 2 never loses one, 3 never touches
+    r = loss_at_touch([3, 5, -1, 10], [3, 4, 2, -1], window=1)
+    assert r["observed"] == 1.0 and r["n"] == 2
+    assert 0.4 < r["shuffled"] < 0.6  # swapped, neither loss is 0-1 clips after the other video's touch
+    assert loss_at_touch([3, 5], [3, 4], window=0)["observed"] == 0.5
+    assert loss_at_touch([-1], [2])["n"] == 0
+    with pytest.raises(ValueError, match="one loss clip and one touch clip per video"):
+        loss_at_touch([1, 2], [1])
