@@ -109,3 +109,32 @@ def test_loss_at_touch_counts_losses_just_after_a_touch_against_shuffled_touches
     assert loss_at_touch([-1], [2])["n"] == 0
     with pytest.raises(ValueError, match="one loss clip and one touch clip per video"):
         loss_at_touch([1, 2], [1])
+
+
+def test_touch_script_reads_a_demo_run_and_names_a_missing_one(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "toy_still" / "touch.py"
+    spec = importlib.util.spec_from_file_location("toy_still_touch", path)
+    touch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(touch)
+    with pytest.raises(SystemExit, match="finished svi-demo run"):
+        touch.main([str(tmp_path)])
+    (tmp_path / ".hydra").mkdir()
+    cfg = {"seeds": [0], "models": ["erft"], "condition": {"num_motion_frames": 2},
+           "eval": {"num_frames": 5, "world": {"height": 32, "width": 32, "min_sprites": 2, "max_sprites": 2}}}
+    OmegaConf.save(OmegaConf.create(cfg), tmp_path / ".hydra" / "config.yaml")
+    keep, lose = np.full((3, 20), 2.0), np.full((3, 20), 2.0)
+    lose[:, 3:] = 1.0  # every video loses a sprite in clip 3
+    np.savez(tmp_path / "per_clip.npz", **{"seed0/base/objects": keep, "seed0/erft/objects": lose})
+    out = touch.main([str(tmp_path)])
+    assert set(out) == {"base", "erft"}  # no ceiling rows in this run
+    assert out["base"]["lose"] == 0 and out["base"]["n"] == 0 and out["base"]["videos"] == 3
+    assert out["erft"]["lose"] == 3 and out["erft"]["median_loss_clip"] == 3.0
+    worlds = heldout_worlds(ToyWorldSpec(min_sprites=2, max_sprites=2), 0, 3)
+    touched = [first_touch_clip(w, 20, 3, 2, 32, 32) for w in worlds]
+    assert out["erft"]["n"] == sum(t >= 0 for t in touched)
+    assert out["erft"]["observed"] == pytest.approx(np.mean([0 <= 3 - t <= 1 for t in touched if t >= 0]))
