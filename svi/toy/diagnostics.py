@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from svi.toy.world import max_sizes, render, sprite_centres
+from svi.toy.world import max_sizes, render, sprite_centres, sprite_gaps
 from svi.sampling.media import from_uint8
 from svi.sampling.svi_clip import motion_latent_frames
 
@@ -107,12 +107,7 @@ def first_touch_clip(world, num_clips: int, new_frames: int, start: int, height:
     frames start + c new_frames .. start + (c + 1) new_frames - 1, as a rollout's new frames."""
     frames = np.arange(start, start + num_clips * new_frames)
     c = sprite_centres(world, frames, height, width)  # (T, n, 2)
-    r = max_sizes(world) * min(height, width)
-    n = c.shape[1]
-    touch = np.zeros(len(frames), dtype=bool)
-    for i in range(n):
-        for j in range(i + 1, n):
-            touch |= np.linalg.norm(c[:, i] - c[:, j], axis=-1) - (r[i] + r[j]) < gap
+    touch = (sprite_gaps(c, max_sizes(world) * min(height, width)) < gap).any(axis=(-2, -1))
     hits = np.nonzero(touch.reshape(num_clips, new_frames).any(axis=1))[0]
     return int(hits[0]) if len(hits) else -1
 

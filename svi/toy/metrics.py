@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from svi.toy.world import (SPRITE_COLOURS, _background, _brightness, _draw_sprites, _shot_of, render, sprite_centres,
-                           sprite_sizes)
+                           sprite_gaps, sprite_sizes)
 
 # Laplacian energy of uniform 8-bit rounding noise: the stencil's squared weights sum to 20, times 1/12.
 HF_FLOOR = 20.0 / 12.0
@@ -90,7 +90,7 @@ def _nearest_world_rmse(g: np.ndarray, bg: np.ndarray, scene, t: int, centres: n
 
     H, W = g.shape[:2]
     radii = np.array([s.size * min(H, W) for s in scene.sprites])
-    gap = np.linalg.norm(centres[:, None] - centres[None], axis=-1) - (radii[:, None] + radii[None])
+    gap = sprite_gaps(centres, radii)
     touching = [j for j in np.nonzero(found)[0] if any(gap[j, k] < 2.0 for k in np.nonzero(found)[0] if k != j)]
     best, centres = rmse(centres), centres.copy()
     offsets = np.arange(-1.0, 1.01, 0.5)

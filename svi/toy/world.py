@@ -303,6 +303,15 @@ def sprite_centres(scene: Scene, frames, height: int, width: int) -> np.ndarray:
     return np.stack([r + pos[..., 0] * (width - 2 * r), r + pos[..., 1] * (height - 2 * r)], axis=-1)
 
 
+def sprite_gaps(centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Edge-to-edge distances (px) between sprites, each as a disc: centres (..., n, 2), radii (n,) ->
+    (..., n, n), negative where two overlap; the diagonal (a sprite and itself) is +inf."""
+    centres, radii = np.asarray(centres, dtype=np.float64), np.asarray(radii, dtype=np.float64)
+    gap = np.linalg.norm(centres[..., :, None, :] - centres[..., None, :, :], axis=-1) - (radii[:, None] + radii[None])
+    gap[..., np.arange(len(radii)), np.arange(len(radii))] = np.inf
+    return gap
+
+
 def _signed_stripe(s: np.ndarray, period: float) -> np.ndarray:
     """Signed distance to the nearest edge of a square wave (positive in the first half-period)."""
     return period * (0.25 - np.abs(np.mod(s / period + 0.25, 1.0) - 0.5))
