@@ -250,7 +250,7 @@ def _rollouts(cfg, stack, sampler, spec, names, adapters, base_state, pool, resu
 # ------------------------------------------------------------------------------------------------
 # summary, table, plots, videos
 # ------------------------------------------------------------------------------------------------
-CURVES = ("world_rmse", "bg_rmse", "objects", "col_shift", "hf_ratio", "pose_err")
+CURVES = ("world_rmse", "bg_rmse", "objects", "col_shift", "hf_ratio", "pose_err", "ref_dist")
 
 
 def summarise(cfg: DictConfig, results: dict, timings: dict) -> dict:
@@ -557,7 +557,8 @@ def plot_curves(summary: dict, path: Path) -> Path:
     labels = {"world_rmse": "RMSE to the nearest valid world frame (primary)",
               "bg_rmse": "background RMSE (8-bit) - lower is better", "col_shift": "background colour shift (8-bit)",
               "objects": "objects present (of 2)", "hf_ratio": "background sharpness (Laplacian ratio, 1 = true)",
-              "pose_err": "sprite lag: found sprites' distance to their true path (px)"}
+              "pose_err": "sprite lag: found sprites' distance to their true path (px)",
+              "ref_dist": "found sprites' distance to where the reference frame has them (px)"}
     keys = [k for k in CURVES if all(k in c for c in summary["curves"].values())]  # runs written before a curve existed
     fig, axes = plt.subplots(2, 4, figsize=(19, 7), sharex=True)
     for ax, key in zip(axes.flat, keys):

@@ -21,6 +21,9 @@ background and where every sprite is. Per frame (8-bit RGB, H x W):
               sprites all count; a sprite that survives off the true trajectory does not.
 * `pose_err`  mean distance (px) of the present sprites' centres from where the world puts them: the toy
               pose error of a dance world (whose positions the pose video gives).
+* `ref_dist`, `ref_dist_true`  mean distance (px) of the present sprites' centres (`pose_err`'s) from where the
+              shot's first frame, the Shot reference, has them, and the same for those sprites' true centres: a
+              `ref_dist` well below `ref_dist_true` says the generated sprites are held back towards the reference.
 * `size`, `size_true`  the top sprite's half-extent (px) as generated (from its coverage) and as the world
               has it, in a voiced world (NaN otherwise): `toy_sync` correlates the two over a video.
 """
@@ -40,7 +43,7 @@ from svi.toy.world import (SPRITE_COLOURS, _background, _brightness, _draw_sprit
 # Laplacian energy of uniform 8-bit rounding noise: the stencil's squared weights sum to 20, times 1/12.
 HF_FLOOR = 20.0 / 12.0
 FRAME_METRICS = ("bg_rmse", "bg_psnr", "col_shift", "hf_ratio", "objects", "object_loss", "psnr_gt", "world_rmse",
-                 "pose_err", "size", "size_true")
+                 "pose_err", "ref_dist", "ref_dist_true", "size", "size_true")
 
 
 def _sprite_masks(scene, t: int, height: int, width: int, margin: float = 0.0) -> np.ndarray:
@@ -170,6 +173,9 @@ def frame_metrics(world, frames: np.ndarray, start: int, margin: float = 1.5, co
         centroids.append(cents)
         if found.any():
             out["pose_err"][i] = float(np.linalg.norm(reposed[found] - true_centres[found], axis=-1).mean())
+            ref_centres = sprite_centres(scene, [0], H, W)[0]  # the shot's first frame (the Shot reference)
+            out["ref_dist"][i] = float(np.linalg.norm(reposed[found] - ref_centres[found], axis=-1).mean())
+            out["ref_dist_true"][i] = float(np.linalg.norm(true_centres[found] - ref_centres[found], axis=-1).mean())
         if scene.voice is not None:
             out["size_true"][i] = float(sprite_sizes(scene, [local_t])[0, -1] * min(H, W))
         out["objects"][i] = present

@@ -72,6 +72,17 @@ def test_world_rmse_is_the_distance_to_the_nearest_valid_world_frame(world):
     assert np.all(frame_metrics(world, shifted, start=1)["world_rmse"] > 15)
 
 
+def test_ref_dist_sees_sprites_held_at_the_reference(world):
+    truth = render(world, 40, 8, 32, 32)
+    m = frame_metrics(world, truth, start=40)
+    assert np.all(m["ref_dist_true"] > 3.0)  # the world's sprites have left where frame 0 has them
+    np.testing.assert_allclose(m["ref_dist"], m["ref_dist_true"], atol=0.6)  # the truth moves as the truth
+    # a video that keeps showing frame 0 from frame 40 on: sprites pinned to the reference
+    pinned = np.repeat(render(world, 0, 1, 32, 32), 8, axis=0)
+    p = frame_metrics(world, pinned, start=40)
+    assert np.all(p["ref_dist"] < 0.6) and np.allclose(p["ref_dist_true"], m["ref_dist_true"])
+
+
 def test_paired_interval_and_t_quantile():
     assert abs(t_quantile(0.975, 10) - 2.228) < 5e-3
     assert abs(t_quantile(0.975, 47) - 2.012) < 2e-3
