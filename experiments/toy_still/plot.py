@@ -3,6 +3,8 @@
     python experiments/toy_still/plot.py outputs/experiments/toy_still/{still,slow,moving} \
         --names still slow moving --out experiments/toy_still/speed_drift.png
 
+`--panels` picks other per-clip curves (a row each), e.g. `--panels world_rmse objects ref_dist`.
+
 Each RUN is a finished svi-demo run; its `summary.json` holds the curves (means over seeds and videos).
 """
 
@@ -15,7 +17,10 @@ from pathlib import Path
 import numpy as np
 
 MODELS = {"base": "base", "plain_lora": "plain LoRA", "erft": "ERFT (the paper's recipe)", "ceiling": "ceiling"}
-PANELS = {"world_rmse": "world RMSE (primary)", "pose_err": "sprite lag (px)"}
+PANELS = {"world_rmse": "world RMSE (primary)", "pose_err": "sprite lag (px)", "objects": "sprites present (of 2)",
+          "ref_dist": "sprites' distance from the reference's (px)", "bg_rmse": "background RMSE",
+          "col_shift": "background colour shift"}
+DEFAULT_PANELS = ("world_rmse", "pose_err")
 
 
 def curve(summary: dict, model: str, metric: str) -> np.ndarray:
@@ -31,6 +36,8 @@ def main(argv=None) -> Path:
     p.add_argument("runs", nargs="+", type=Path, help="finished svi-demo run folders")
     p.add_argument("--names", nargs="+", help="a title per run (default: the folder names)")
     p.add_argument("--out", type=Path, default=Path("speed_drift.png"))
+    p.add_argument("--panels", nargs="+", default=list(DEFAULT_PANELS), choices=list(PANELS),
+                   help="per-clip curves, a row each (default: %(default)s)")
     args = p.parse_args(argv)
     names = args.names or [r.name for r in args.runs]
     if len(names) != len(args.runs):
@@ -44,11 +51,12 @@ def main(argv=None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(PANELS), len(args.runs), figsize=(4.2 * len(args.runs), 6.4), squeeze=False,
+    panels = {m: PANELS[m] for m in args.panels}
+    fig, axes = plt.subplots(len(panels), len(args.runs), figsize=(4.2 * len(args.runs), 3.2 * len(panels)), squeeze=False,
                              sharey="row")
     for j, (run, name) in enumerate(zip(args.runs, names)):
         summary = json.loads((run / "summary.json").read_text())
-        for i, (metric, label) in enumerate(PANELS.items()):
+        for i, (metric, label) in enumerate(panels.items()):
             ax = axes[i, j]
             for model, legend in MODELS.items():
                 y = curve(summary, model, metric)

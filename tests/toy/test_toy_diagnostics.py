@@ -76,6 +76,10 @@ def test_speed_study_plot_reads_each_runs_curves_and_names_a_missing_run(tmp_pat
         plot.curve(summary, "erft", "speed")
     out = plot.main([*map(str, runs), "--names", "A", "B", "--out", str(tmp_path / "fig.png")])
     assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG"
+    rows = plot.main([*map(str, runs), "--panels", "objects", "ref_dist", "--out", str(tmp_path / "rows.png")])
+    assert rows.read_bytes()[:4] == b"\x89PNG" and rows.stat().st_size != out.stat().st_size
+    with pytest.raises(SystemExit):  # argparse names the choices
+        plot.main([*map(str, runs), "--panels", "speed"])
     with pytest.raises(SystemExit, match="summary.json"):
         plot.main([str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="one name per run"):
