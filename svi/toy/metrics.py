@@ -128,11 +128,13 @@ def frame_metrics(world, frames: np.ndarray, start: int, margin: float = 1.5, co
     out = {k: np.full(N, np.nan) for k in FRAME_METRICS}
     centroids = []
     backgrounds: dict[int, np.ndarray] = {}
+    ref_centres: dict[int, np.ndarray] = {}
     for i in range(N):
         t = start + i
         scene, local_t, shot = _shot_of(world, t)
-        if shot not in backgrounds:  # the texture is static per shot: render it once
+        if shot not in backgrounds:  # the texture (and the reference's sprites) are fixed per shot: once each
             backgrounds[shot] = _background(scene.background, H, W)
+            ref_centres[shot] = sprite_centres(scene, [0], H, W)[0]  # the shot's first frame (the Shot reference)
         bg_float = backgrounds[shot] * _brightness(scene, local_t)
         bg = np.clip(np.rint(bg_float), 0, 255)
         true_masks = _sprite_masks(scene, local_t, H, W)
@@ -173,9 +175,9 @@ def frame_metrics(world, frames: np.ndarray, start: int, margin: float = 1.5, co
         centroids.append(cents)
         if found.any():
             out["pose_err"][i] = float(np.linalg.norm(reposed[found] - true_centres[found], axis=-1).mean())
-            ref_centres = sprite_centres(scene, [0], H, W)[0]  # the shot's first frame (the Shot reference)
-            out["ref_dist"][i] = float(np.linalg.norm(reposed[found] - ref_centres[found], axis=-1).mean())
-            out["ref_dist_true"][i] = float(np.linalg.norm(true_centres[found] - ref_centres[found], axis=-1).mean())
+            ref = ref_centres[shot][found]
+            out["ref_dist"][i] = float(np.linalg.norm(reposed[found] - ref, axis=-1).mean())
+            out["ref_dist_true"][i] = float(np.linalg.norm(true_centres[found] - ref, axis=-1).mean())
         if scene.voice is not None:
             out["size_true"][i] = float(sprite_sizes(scene, [local_t])[0, -1] * min(H, W))
         out["objects"][i] = present
