@@ -18,7 +18,7 @@ variants of the toy package) use `request.velocity`, which runs the DiT without 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +39,7 @@ class ImageErrorRequest:
     memory: object | None  # a `MemoryReader` (read-only), or None without a replay memory
     velocity: Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_s, y, t) -> v̂, no grad
     generator: torch.Generator | None = None
+    batch: Mapping | None = None  # the whole training batch, for sources that need more of a sample than x0 and y
 
     def zeros(self) -> Tensor:
         """(B, C, y_error_num, h, w) zeros in the latents' dtype and device."""

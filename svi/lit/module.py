@@ -166,7 +166,7 @@ class ERFTModule(L.LightningModule):
         with self.condition.forward_context(extras):
             e_img = self.image_error(ImageErrorRequest(x0=x0, y=y, select=inj.img.to(dev), grid=grid,
                                                        num_frames=self.injection.y_error_num, memory=memory,
-                                                       velocity=velocity, generator=g)) \
+                                                       velocity=velocity, generator=g, batch=b)) \
                 if bool(inj.img.any()) else x0.new_zeros(B, x0.shape[1], self.injection.y_error_num, *x0.shape[3:])
             e_img = modulate_rows(e_img, inj.img, self.injection.error_modulate_factor, g)
             with offload:  # a latent-conditioned backbone (Wan 2.2 TI2V) leaves its given frames out of the loss

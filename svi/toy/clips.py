@@ -68,9 +68,18 @@ class ToyClips(Dataset):
 
     def __init__(self, num_frames: int = 9, length: int = 1_000_000, seed: int = 0, clips_per_scene: int = 1,
                  max_start: int = 240, ref_window: int = 48, world: ToyWorldSpec | dict | None = None,
-                 condition=None):
+                 condition=None, prev_clip: bool = False):
         if (num_frames - 1) % 4:
             raise ValueError(f"data.num_frames must be 1+4k (e.g. 9, 17), got {num_frames}")
+        # prev_clip: each item also holds the clip before it (`prev_video`, F frames ending with this clip's
+        # K motion frames), for the hand-off image error (img_source=toy_handoff). The clip then starts
+        # F - K frames later than it would without the option (the previous clip needs those frames).
+        self.prev = 0
+        if prev_clip:
+            if condition is None:
+                raise ValueError("data.prev_clip needs the condition (its K motion frames say where the previous "
+                                 "clip ends); pass condition=...")
+            self.prev = num_frames - int(condition.num_motion_frames)
         if length < 1 or clips_per_scene < 1:
             raise ValueError(f"data.length and data.clips_per_scene must be >= 1, got {length}, {clips_per_scene}")
         self.num_frames, self.length, self.seed = num_frames, length, seed
@@ -89,13 +98,16 @@ class ToyClips(Dataset):
         start = int(rng.integers(0, self.max_start + 1))
         lo = max(0, start - self.ref_window // 2)
         ref_t = int(rng.integers(lo, lo + self.ref_window))
-        video = render(world, start, F, spec.height, spec.width)
+        video = render(world, start, F + self.prev, spec.height, spec.width)
+        prev, video = video[:F], video[self.prev :]
         ref = render(world, ref_t, 1, spec.height, spec.width)
         draws = self.condition.draw(random.Random(derive_seed(self.seed, 3, index))) if self.condition else {}
         item = {"video": to_tensor(video), "ref_image": to_tensor(ref)[:, 0], "caption": caption(world),
                 "draws": draws}
+        if self.prev:
+            item["prev_video"] = to_tensor(prev)
         if self.condition is not None and self.condition.extra_fields:  # talk / dance: the clip's own signal
-            item["extras"] = clip_signals(self.condition, world, start, F, spec.height, spec.width)
+            item["extras"] = clip_signals(self.condition, world, start + self.prev, F, spec.height, spec.width)
         return item
 
 

@@ -10,6 +10,12 @@ latent of a whole clip to the latent of the next clip's condition (`last_frames_
 * `toy_self`: this sample's own one-step error, measured with one extra no-grad forward (`SelfImageError`);
 * `toy_rollout`: the error of a whole clip the model samples for this sample (`RolloutImageError`).
 
+A fourth needs no map, and so no linear autoencoder:
+
+* `toy_handoff`: the model samples the clip *before* this one from its true condition and hands its last K
+  frames over through 8 bits, as a rollout does; E_img is the difference this makes to this clip's
+  condition latent (`HandoffImageError`; the data must carry the previous clip: `data.prev_clip=true`).
+
 experiments/toy_image_errors/README.md has what each did at toy scale.
 """
 
@@ -21,7 +27,9 @@ import torch
 from torch import Tensor
 
 from svi.erft.image_error import ImageErrorRequest, ImageErrorSource, WindowImageError, allowed_buckets
+from svi.conditions.base import _same_length_groups, _ungroup
 from svi.flow import add_noise, euler_step, expand_like, inference_sigmas, to_timesteps
+from svi.sampling.media import quantize_frames
 
 
 def last_frames_map(stack, num_motion_frames: int, source: str) -> Callable[[Tensor], Tensor]:
@@ -155,3 +163,68 @@ class RolloutImageError(ImageErrorSource):
                 v = request.velocity(x.to(x0.dtype), request.y, to_timesteps(s)).float()
                 x = euler_step(x, v, s, torch.full_like(s, float(sig[k + 1])))
         return _mapped_rows(request, x - x0.float(), self.img_map, self.scale)
+
+
+class HandoffImageError(ImageErrorSource):
+    """`toy_handoff`: E_img = the error of one real hand-off, in place.
+
+    At inference a clip's motion frames are the last K frames the model wrote in the clip before, decoded,
+    rounded to 8 bits and encoded again. Here the model samples that previous clip (`prev_video` in the
+    batch: F true frames ending with this clip's K motion frames) from its true condition, with the
+    sampler's Euler schedule (`steps`, 0 = `flow.num_inference_steps`), no gradients; its last K frames go
+    through the same pixel round trip and become this clip's motion frames. E_img is the resulting change
+    of this clip's condition latent (its first `y_error_num` latent frames), times `scale`. The error is
+    this sample's own, at this sample's sprites, of the size the first hand-off of a rollout has; it needs
+    no bank and no linear map. Cost: `steps` no-grad forwards per training step. Shot-type conditions (no
+    extra signal inputs).
+    """
+
+    def __init__(self, steps: int = 0, scale: float = 1.0, quantize: str = "round"):
+        if steps < 0:
+            raise ValueError(f"img_source.steps must be >= 0 (0 = flow.num_inference_steps), got {steps}")
+        if scale < 0:
+            raise ValueError(f"img_source.scale must be >= 0, got {scale}")
+        quantize_frames(torch.zeros(1, 3, 1, 1, 1), quantize)  # refuses an unknown mode now, naming the choices
+        self.steps, self.scale, self.quantize = steps, scale, quantize
+        self.sigmas: Tensor | None = None
+
+    def bind(self, stack, condition, flow, grid_sigmas: Tensor) -> None:
+        if condition.extra_fields:
+            raise ValueError(f"img_source=toy_handoff samples the previous clip with this clip's signal; the "
+                             f"{condition.name!r} condition takes {list(condition.extra_fields)} per clip. Use "
+                             f"img_source=window.")
+        sig = inference_sigmas(self.steps or flow.num_inference_steps, flow.shift)
+        self.sigmas = torch.cat([sig, sig.new_zeros(1)])  # (N + 1,) descending to 0
+        self.stack, self.condition = stack, condition
+
+    def ready(self, memory) -> bool:
+        return True
+
+    def __call__(self, request: ImageErrorRequest) -> Tensor:
+        if not bool(request.select.any()):
+            return request.zeros()
+        batch = request.batch or {}
+        if "prev_video" not in batch or "ref_image" not in batch:
+            raise ValueError("img_source=toy_handoff needs the clip before each training clip: train on raw toy "
+                             "clips with data.prev_clip=true (data=toy; a latent cache holds no previous clip)")
+        stack, condition, y = self.stack, self.condition, request.y
+        prev, ref = batch["prev_video"].to(y.device), batch["ref_image"].to(y.device)
+        B, F, K = y.shape[0], prev.shape[2], condition.num_motion_frames
+        with torch.no_grad():
+            y_prev = condition.build_y(stack, prev[:, :, :K], ref, F)  # the previous clip's true condition
+            x = torch.randn(request.x0.shape, generator=request.generator).to(device=y.device, dtype=torch.float32)
+            sig = self.sigmas
+            for k in range(len(sig) - 1):
+                s = torch.full((B,), float(sig[k]), device=y.device)
+                v = request.velocity(x.to(request.x0.dtype), y_prev, to_timesteps(s)).float()
+                x = euler_step(x, v, s, torch.full_like(s, float(sig[k + 1])))
+            frames = quantize_frames(stack.decode_latents(x), self.quantize)  # (B, F, H, W, 3) uint8
+            handed = frames[:, -K:].permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)  # (B, 3, K, H, W)
+            motions = condition.motion_frames(handed, batch.get("draws"))  # as many frames as y was built with
+            parts = [(g, condition.build_y(stack, torch.stack([motions[i] for i in g]), ref[g], F))
+                     for g in _same_length_groups(motions)]
+            y_handed = _ungroup(parts, B)
+        n = request.num_frames
+        err = (y_handed[:, 4:, :n] - y[:, 4:, :n]).float() * self.scale
+        keep = request.select.to(err.device).view(-1, 1, 1, 1, 1)
+        return torch.where(keep, err, torch.zeros_like(err)).to(request.zeros())

@@ -72,11 +72,13 @@ def test_demo_writes_summary_plot_and_videos(toy_base_dir, tmp_path):
                             "num_side_by_side=1", "train_overrides=['data.batch_size=2']",
                             "+models.erft_self=['ablation=none','img_source=toy_self']",
                             "+models.erft_roll=['ablation=none','img_source=toy_rollout','img_source.steps=2']",
+                            "+models.erft_hand=['ablation=none','img_source=toy_handoff','img_source.steps=2',"
+                            "'data.prev_clip=true']",
                             f"hydra.run.dir={out}"], capture_output=True, text=True)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "4 fine-tune(s) already done" in again.stdout + again.stderr
     summary = json.loads((out / "summary.json").read_text())
-    for name in ("erft_self", "erft_roll"):
+    for name in ("erft_self", "erft_roll", "erft_hand"):
         variant = summary["variants_vs_plain"][name]
         assert variant["pooled"]["n"] == 4 and set(variant["per_seed"]) == {"0", "1"}
         assert abs(variant["ratio"] - summary["drift"][name] / summary["drift"]["plain_lora"]) < 1e-9
@@ -92,7 +94,8 @@ def test_demo_writes_summary_plot_and_videos(toy_base_dir, tmp_path):
     assert (out / "handoff_errors.png").stat().st_size > 5_000
     # the table of every model, mean +- std over seeds, built from the scored runs (and each run's metrics.json)
     table = (out / "table.md").read_text()
-    assert all(f"| {name} | 0,1 |" in table for name in ("base", "plain_lora", "erft", "erft_self", "erft_roll"))
+    assert all(f"| {name} | 0,1 |" in table for name in ("base", "plain_lora", "erft", "erft_self", "erft_roll",
+                                                                    "erft_hand"))
     run = out / "train" / "erft_seed0"
     assert json.loads((run / "metrics.json").read_text())["summary"]["drift"] == pytest.approx(
         summary["per_seed"]["erft"][0])

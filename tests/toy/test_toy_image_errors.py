@@ -130,3 +130,89 @@ def test_rollout_source_binds_the_samplers_schedule(toy_stack):
     source.bind(toy_stack, Condition(num_motion_frames=1), FlowConfig(shift=3.0, num_inference_steps=4),
                 inference_sigmas(50, 3.0))
     assert torch.allclose(source.sigmas[:-1], inference_sigmas(4, 3.0)) and source.sigmas[-1] == 0
+
+
+def _handoff_batch(toy_stack, K=2, F=5, n=3):
+    """Raw toy clips with the clip before each (data.prev_clip=true), collated, and their true condition."""
+    from svi.toy.clips import ToyClips
+
+    condition = Condition(num_motion_frames=K)
+    data = ToyClips(num_frames=F, length=n, seed=3, condition=condition, prev_clip=True)
+    items = [data[i] for i in range(n)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in ("video", "prev_video", "ref_image")}
+    y = condition.build_y(toy_stack, batch["video"][:, :, :K], batch["ref_image"], F)
+    return condition, batch, y, toy_stack.encode_video(batch["video"])
+
+
+def test_toy_clips_with_the_previous_clip_end_where_the_clip_starts(toy_stack):
+    from svi.toy.clips import ToyClips
+
+    condition, batch, _, _ = _handoff_batch(toy_stack)
+    # the previous clip's last K frames are the clip's K motion frames, exactly
+    assert torch.equal(batch["prev_video"][:, :, -2:], batch["video"][:, :, :2])
+    assert not torch.equal(batch["prev_video"][:, :, :2], batch["video"][:, :, :2])  # the sprites moved
+    # the option shifts the clip by F - K frames and adds the key; without it the items are as before
+    plain = ToyClips(num_frames=5, length=3, seed=3, condition=condition)[1]
+    assert "prev_video" not in plain
+    assert torch.equal(plain["video"][:, 3:], batch["video"][1][:, :2])  # frames start+3, start+4
+    with pytest.raises(ValueError, match="prev_clip needs the condition"):
+        ToyClips(num_frames=5, prev_clip=True)
+
+
+def test_handoff_source_is_the_change_one_handoff_makes_to_the_condition(toy_stack):
+    """The model samples the previous clip from its true condition; its last K frames, through 8 bits, replace
+    the motion frames: E_img is the change of the condition latent. A model that writes the true previous clip
+    leaves only the autoencoder's and the 8 bits' error; the reference copies never carry any."""
+    from svi.toy.image_errors import HandoffImageError
+
+    condition, batch, y, x0 = _handoff_batch(toy_stack)
+    prev_true = toy_stack.encode_video(batch["prev_video"])
+    seen = []
+
+    def oracle(target):
+        def velocity(x_s, y_in, t):  # Euler lands exactly on `target`
+            seen.append(y_in.clone())
+            return (x_s - target) / (t / 1000.0).view(-1, 1, 1, 1, 1)
+        return velocity
+
+    source = HandoffImageError(steps=3)
+    source.bind(toy_stack, condition, FlowConfig(shift=3.0, num_inference_steps=10), inference_sigmas(50, 3.0))
+    assert len(source.sigmas) == 4 and source.ready(None)  # no bank needed
+    req = lambda v, sel, scale=1.0: ImageErrorRequest(  # noqa: E731
+        x0=x0, y=y, select=torch.tensor(sel), grid=torch.zeros(3, dtype=torch.long), num_frames=2, memory=None,
+        velocity=v, generator=torch.Generator().manual_seed(0), batch=batch)
+    exact = source(req(oracle(prev_true), [True, True, False]))
+    assert exact.shape == (3, 64, 2, 8, 8) and torch.all(exact[2] == 0)  # not selected
+    assert len(seen) == 3  # one forward per sampling step, on the previous clip's true condition
+    assert torch.allclose(seen[0], condition.build_y(toy_stack, batch["prev_video"][:, :, :2], batch["ref_image"], 5))
+    # a wrong previous clip: a larger error, confined to the motion frames' channels (frame-separable
+    # latent: latent 0 = motion frame 0 four times, latent 1 = [motion frame 1 | 3 reference copies])
+    wrong = prev_true + 0.5 * torch.randn(prev_true.shape, generator=torch.Generator().manual_seed(1))
+    err = source(req(oracle(wrong), [True, True, True]))
+    rms = lambda e: float(e.pow(2).mean().sqrt())  # noqa: E731
+    assert rms(exact[:2]) < 0.05 < rms(err)
+    assert err[:, 16:, 1].abs().max() < 1e-5 < err[:, :16, 1].abs().max()
+    # it is exactly the condition the next clip would get from those frames
+    frames = ((toy_stack.decode_latents(wrong).clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+    y_handed = condition.build_y(toy_stack, frames[:, :, -2:], batch["ref_image"], 5)
+    assert torch.allclose(err, (y_handed - y)[:, 4:, :2], atol=1e-4)
+    half = HandoffImageError(steps=3, scale=0.5)
+    half.bind(toy_stack, condition, FlowConfig(shift=3.0), inference_sigmas(50, 3.0))
+    assert torch.allclose(half(req(oracle(wrong), [True, True, True])), 0.5 * err, atol=1e-5)
+
+
+def test_handoff_source_refuses_what_it_cannot_do(toy_stack):
+    from svi.toy.image_errors import HandoffImageError
+
+    with pytest.raises(ValueError, match="img_source.steps"):
+        HandoffImageError(steps=-1)
+    with pytest.raises(ValueError, match="quantize"):
+        HandoffImageError(quantize="floor")
+    talk = SimpleNamespace(name="talk", extra_fields=("audio",), num_motion_frames=1)
+    with pytest.raises(ValueError, match="talk.*audio.*img_source=window"):
+        HandoffImageError().bind(toy_stack, talk, FlowConfig(), inference_sigmas(50, 3.0))
+    source = HandoffImageError()
+    source.bind(toy_stack, Condition(num_motion_frames=2), FlowConfig(), inference_sigmas(50, 3.0))
+    x0, y = torch.zeros(2, 64, 2, 8, 8), torch.zeros(2, 68, 2, 8, 8)
+    with pytest.raises(ValueError, match="data.prev_clip=true"):
+        source(_request(x0, y, [True, False], None))  # a batch without the previous clip
