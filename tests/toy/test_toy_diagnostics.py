@@ -142,3 +142,33 @@ def test_touch_script_reads_a_demo_run_and_names_a_missing_one(tmp_path):
     touched = [first_touch_clip(w, 20, 3, 2, 32, 32) for w in worlds]
     assert out["erft"]["n"] == sum(t >= 0 for t in touched)
     assert out["erft"]["observed"] == pytest.approx(np.mean([0 <= 3 - t <= 1 for t in touched if t >= 0]))
+
+
+def test_handoff_study_plot_draws_one_model_of_every_run_and_names_what_is_missing(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "toy_handoff" / "plot.py"
+    spec = importlib.util.spec_from_file_location("toy_handoff_plot", path)
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    runs = []
+    for r, offset in (("clean", 0.0), ("handoff", 5.0)):
+        curves = {m: {metric: [offset + i + j for j in range(4)] for i, metric in enumerate(plot.PANELS)}
+                  for m in ("base", "ceiling")}
+        (tmp_path / r).mkdir()
+        (tmp_path / r / "summary.json").write_text(json.dumps({"curves": curves}))
+        runs.append(tmp_path / r)
+    summary = json.loads((runs[1] / "summary.json").read_text())
+    np.testing.assert_allclose(plot.curve(summary, "base", "objects", runs[1]), [6.0, 7.0, 8.0, 9.0])
+    out = plot.main([*map(str, runs), "--names", "clean", "hand-off", "--out", str(tmp_path / "fig.png")])
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    two = plot.main([*map(str, runs), "--panels", "world_rmse", "pose_err", "--out", str(tmp_path / "two.png")])
+    assert two.read_bytes()[:4] == b"\x89PNG" and two.stat().st_size != out.stat().st_size
+    with pytest.raises(SystemExit, match="no erft/world_rmse curve"):
+        plot.main([*map(str, runs), "--model", "erft", "--out", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit, match="summary.json not found"):
+        plot.main([str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="one name per run"):
+        plot.main([*map(str, runs), "--names", "A"])
