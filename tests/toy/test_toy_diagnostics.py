@@ -54,22 +54,37 @@ def test_bank_error_rms_per_bucket_and_pooled_over_stored_errors(tmp_path):
         replay_memory_state(tmp_path / "missing.ckpt")
 
 
-def test_speed_study_plot_reads_each_runs_curves_and_names_a_missing_run(tmp_path):
+def _study_plot(study: str):
+    """experiments/<study>/plot.py, loaded as a module."""
     import importlib.util
-    import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "experiments" / "toy_still" / "plot.py"
-    spec = importlib.util.spec_from_file_location("toy_still_plot", path)
+    path = Path(__file__).resolve().parents[2] / "experiments" / study / "plot.py"
+    spec = importlib.util.spec_from_file_location(f"{study}_plot", path)
     plot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot)
+    return plot
+
+
+def _fake_runs(tmp_path, panels, models, offsets: dict, length: int) -> list:
+    """Run folders whose summary.json has curve i of every model = offset + i + clip."""
+    import json
+
     runs = []
-    for r, offset in (("a", 0.0), ("b", 10.0)):
-        curves = {model: {metric: [offset + i + j for j in range(3)] for i, metric in enumerate(plot.PANELS)}
-                  for model in plot.MODELS}
+    for r, offset in offsets.items():
+        curves = {model: {metric: [offset + i + j for j in range(length)] for i, metric in enumerate(panels)}
+                  for model in models}
         (tmp_path / r).mkdir()
         (tmp_path / r / "summary.json").write_text(json.dumps({"curves": curves}))
         runs.append(tmp_path / r)
+    return runs
+
+
+def test_speed_study_plot_reads_each_runs_curves_and_names_a_missing_run(tmp_path):
+    import json
+
+    plot = _study_plot("toy_still")
+    runs = _fake_runs(tmp_path, plot.PANELS, plot.MODELS, {"a": 0.0, "b": 10.0}, 3)
     summary = json.loads((runs[1] / "summary.json").read_text())
     np.testing.assert_allclose(plot.curve(summary, "erft", "pose_err"), [11.0, 12.0, 13.0])
     with pytest.raises(SystemExit, match="no erft/speed curve"):
@@ -145,21 +160,10 @@ def test_touch_script_reads_a_demo_run_and_names_a_missing_one(tmp_path):
 
 
 def test_handoff_study_plot_draws_one_model_of_every_run_and_names_what_is_missing(tmp_path):
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "experiments" / "toy_handoff" / "plot.py"
-    spec = importlib.util.spec_from_file_location("toy_handoff_plot", path)
-    plot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot)
-    runs = []
-    for r, offset in (("clean", 0.0), ("handoff", 5.0)):
-        curves = {m: {metric: [offset + i + j for j in range(4)] for i, metric in enumerate(plot.PANELS)}
-                  for m in ("base", "ceiling")}
-        (tmp_path / r).mkdir()
-        (tmp_path / r / "summary.json").write_text(json.dumps({"curves": curves}))
-        runs.append(tmp_path / r)
+    plot = _study_plot("toy_handoff")
+    runs = _fake_runs(tmp_path, plot.PANELS, ("base", "ceiling"), {"clean": 0.0, "handoff": 5.0}, 4)
     summary = json.loads((runs[1] / "summary.json").read_text())
     np.testing.assert_allclose(plot.curve(summary, "base", "objects", runs[1]), [6.0, 7.0, 8.0, 9.0])
     out = plot.main([*map(str, runs), "--names", "clean", "hand-off", "--out", str(tmp_path / "fig.png")])
