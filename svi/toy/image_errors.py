@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 from svi.erft.image_error import ImageErrorRequest, ImageErrorSource, WindowImageError, allowed_buckets
-from svi.conditions.base import _same_length_groups, _ungroup
 from svi.flow import add_noise, euler_step, expand_like, inference_sigmas, to_timesteps
 from svi.sampling.media import quantize_frames
 
@@ -221,9 +220,7 @@ class HandoffImageError(ImageErrorSource):
             frames = quantize_frames(stack.decode_latents(x), self.quantize)  # (B, F, H, W, 3) uint8
             handed = frames[:, -K:].permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)  # (B, 3, K, H, W)
             motions = condition.motion_frames(handed, batch.get("draws"))  # as many frames as y was built with
-            parts = [(g, condition.build_y(stack, torch.stack([motions[i] for i in g]), ref[g], F))
-                     for g in _same_length_groups(motions)]
-            y_handed = _ungroup(parts, B)
+            y_handed = torch.cat([condition.build_y(stack, m[None], ref[i : i + 1], F) for i, m in enumerate(motions)])
         n = request.num_frames
         err = (y_handed[:, 4:, :n] - y[:, 4:, :n]).float() * self.scale
         keep = request.select.to(err.device).view(-1, 1, 1, 1, 1)
