@@ -69,6 +69,19 @@ def _mapped_rows(request: ImageErrorRequest, err: Tensor | None, img_map: Callab
     return e_img
 
 
+@torch.no_grad()
+def _sample(request: ImageErrorRequest, y: Tensor, sigmas: Tensor) -> Tensor:
+    """A clip the model samples on condition `y` with Euler over `sigmas` (descending to 0), from fresh noise of
+    the latents' shape: (B, C, T, h, w) float32, no gradients."""
+    x0 = request.x0
+    x = torch.randn(x0.shape, generator=request.generator).to(device=x0.device, dtype=torch.float32)
+    for k in range(len(sigmas) - 1):
+        s = torch.full((x0.shape[0],), float(sigmas[k]), device=x0.device)
+        v = request.velocity(x.to(x0.dtype), y, to_timesteps(s)).float()
+        x = euler_step(x, v, s, torch.full_like(s, float(sigmas[k + 1])))
+    return x
+
+
 class LastFramesImageError(WindowImageError):
     """`toy_last_frames`: a stored video error from any (allowed) bucket, through `last_frames_map`
     instead of a window: the error of that clip's last K frames where the next condition carries them."""
@@ -153,15 +166,8 @@ class RolloutImageError(ImageErrorSource):
     def __call__(self, request: ImageErrorRequest) -> Tensor:
         if not bool(request.select.any()):
             return request.zeros()
-        x0, sig = request.x0, self.sigmas
-        B = x0.shape[0]
-        x = torch.randn(x0.shape, generator=request.generator).to(device=x0.device, dtype=torch.float32)
-        with torch.no_grad():
-            for k in range(len(sig) - 1):
-                s = torch.full((B,), float(sig[k]), device=x0.device)
-                v = request.velocity(x.to(x0.dtype), request.y, to_timesteps(s)).float()
-                x = euler_step(x, v, s, torch.full_like(s, float(sig[k + 1])))
-        return _mapped_rows(request, x - x0.float(), self.img_map, self.scale)
+        x = _sample(request, request.y, self.sigmas)
+        return _mapped_rows(request, x - request.x0.float(), self.img_map, self.scale)
 
 
 class HandoffImageError(ImageErrorSource):
@@ -208,15 +214,10 @@ class HandoffImageError(ImageErrorSource):
                              "clips with data.prev_clip=true (data=toy; a latent cache holds no previous clip)")
         stack, condition, y = self.stack, self.condition, request.y
         prev, ref = batch["prev_video"].to(y.device), batch["ref_image"].to(y.device)
-        B, F, K = y.shape[0], prev.shape[2], condition.num_motion_frames
+        F, K = prev.shape[2], condition.num_motion_frames
         with torch.no_grad():
             y_prev = condition.build_y(stack, prev[:, :, :K], ref, F)  # the previous clip's true condition
-            x = torch.randn(request.x0.shape, generator=request.generator).to(device=y.device, dtype=torch.float32)
-            sig = self.sigmas
-            for k in range(len(sig) - 1):
-                s = torch.full((B,), float(sig[k]), device=y.device)
-                v = request.velocity(x.to(request.x0.dtype), y_prev, to_timesteps(s)).float()
-                x = euler_step(x, v, s, torch.full_like(s, float(sig[k + 1])))
+            x = _sample(request, y_prev, self.sigmas)
             frames = quantize_frames(stack.decode_latents(x), self.quantize)  # (B, F, H, W, 3) uint8
             handed = frames[:, -K:].permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)  # (B, 3, K, H, W)
             motions = condition.motion_frames(handed, batch.get("draws"))  # as many frames as y was built with
