@@ -182,15 +182,24 @@ class HandoffImageError(ImageErrorSource):
     this sample's own, at this sample's sprites, of the size the first hand-off of a rollout has; it needs
     no bank and no linear map. Cost: `steps` no-grad forwards per training step. Shot-type conditions (no
     extra signal inputs).
+
+    `placement="other"` (a control) gives each sample the hand-off error of the next sample in the batch
+    instead of its own: an error of the same kind and size, from another world, where that world's sprites
+    were, as a replay memory's errors come from other samples. It separates what kind of error is recycled
+    from where it lands.
     """
 
-    def __init__(self, steps: int = 0, scale: float = 1.0, quantize: str = "round"):
+    PLACEMENTS = ("own", "other")
+
+    def __init__(self, steps: int = 0, scale: float = 1.0, quantize: str = "round", placement: str = "own"):
         if steps < 0:
             raise ValueError(f"img_source.steps must be >= 0 (0 = flow.num_inference_steps), got {steps}")
         if scale < 0:
             raise ValueError(f"img_source.scale must be >= 0, got {scale}")
+        if placement not in self.PLACEMENTS:
+            raise ValueError(f"img_source.placement must be one of {self.PLACEMENTS}, got {placement!r}")
         quantize_frames(torch.zeros(1, 3, 1, 1, 1), quantize)  # refuses an unknown mode now, naming the choices
-        self.steps, self.scale, self.quantize = steps, scale, quantize
+        self.steps, self.scale, self.quantize, self.placement = steps, scale, quantize, placement
         self.sigmas: Tensor | None = None
 
     def bind(self, stack, condition, flow, grid_sigmas: Tensor) -> None:
@@ -212,6 +221,9 @@ class HandoffImageError(ImageErrorSource):
         if "prev_video" not in batch or "ref_image" not in batch:
             raise ValueError("img_source=toy_handoff needs the clip before each training clip: train on raw toy "
                              "clips with data.prev_clip=true (data=toy; a latent cache holds no previous clip)")
+        if self.placement == "other" and request.y.shape[0] < 2:
+            raise ValueError("img_source.placement=other gives each sample another sample's hand-off error, so it "
+                             "needs a batch of at least 2: raise data.batch_size, or use placement=own")
         stack, condition, y = self.stack, self.condition, request.y
         prev, ref = batch["prev_video"].to(y.device), batch["ref_image"].to(y.device)
         F, K = prev.shape[2], condition.num_motion_frames
@@ -224,5 +236,7 @@ class HandoffImageError(ImageErrorSource):
             y_handed = torch.cat([condition.build_y(stack, m[None], ref[i : i + 1], F) for i, m in enumerate(motions)])
         n = request.num_frames
         err = (y_handed[:, 4:, :n] - y[:, 4:, :n]).float() * self.scale
+        if self.placement == "other":
+            err = err.roll(-1, dims=0)  # sample i gets sample i + 1's error (the last gets the first's)
         keep = request.select.to(err.device).view(-1, 1, 1, 1, 1)
         return torch.where(keep, err, torch.zeros_like(err)).to(request.zeros())

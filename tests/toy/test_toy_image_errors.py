@@ -199,6 +199,12 @@ def test_handoff_source_is_the_change_one_handoff_makes_to_the_condition(toy_sta
     half = HandoffImageError(steps=3, scale=0.5)
     half.bind(toy_stack, condition, FlowConfig(shift=3.0), inference_sigmas(50, 3.0))
     assert torch.allclose(half(req(oracle(wrong), [True, True, True])), 0.5 * err, atol=1e-5)
+    # placement=other: the same errors, each on the next sample's row; unselected rows still get none
+    other = HandoffImageError(steps=3, placement="other")
+    other.bind(toy_stack, condition, FlowConfig(shift=3.0), inference_sigmas(50, 3.0))
+    moved = other(req(oracle(wrong), [True, False, True]))
+    assert torch.allclose(moved[0], err[1], atol=1e-5) and torch.allclose(moved[2], err[0], atol=1e-5)
+    assert torch.all(moved[1] == 0) and not torch.allclose(moved[0], err[0], atol=1e-3)
 
 
 def test_handoff_source_refuses_what_it_cannot_do(toy_stack):
@@ -208,6 +214,8 @@ def test_handoff_source_refuses_what_it_cannot_do(toy_stack):
         HandoffImageError(steps=-1)
     with pytest.raises(ValueError, match="quantize"):
         HandoffImageError(quantize="floor")
+    with pytest.raises(ValueError, match="placement.*'own', 'other'"):
+        HandoffImageError(placement="elsewhere")
     talk = SimpleNamespace(name="talk", extra_fields=("audio",), num_motion_frames=1)
     with pytest.raises(ValueError, match="talk.*audio.*img_source=window"):
         HandoffImageError().bind(toy_stack, talk, FlowConfig(), inference_sigmas(50, 3.0))
@@ -216,3 +224,9 @@ def test_handoff_source_refuses_what_it_cannot_do(toy_stack):
     x0, y = torch.zeros(2, 64, 2, 8, 8), torch.zeros(2, 68, 2, 8, 8)
     with pytest.raises(ValueError, match="data.prev_clip=true"):
         source(_request(x0, y, [True, False], None))  # a batch without the previous clip
+    other = HandoffImageError(placement="other")
+    other.bind(toy_stack, Condition(num_motion_frames=2), FlowConfig(), inference_sigmas(50, 3.0))
+    req = _request(x0[:1], y[:1], [True], None)
+    req.batch = {"prev_video": torch.zeros(1, 3, 5, 32, 32), "ref_image": torch.zeros(1, 3, 32, 32)}
+    with pytest.raises(ValueError, match="batch of at least 2.*data.batch_size"):
+        other(req)
