@@ -1,6 +1,6 @@
 """One figure for the hand-off study: the same model row of several svi-demo runs, curve by curve.
 
-    python experiments/toy_handoff/plot.py outputs/experiments/toy_handoff/{clean_s3,paper_full_s3,handoff_full_s3} \
+    python experiments/toy_handoff/plot.py outputs/experiments/toy_handoff/{clean_s3,paper_s3,handoff_s3} \
         --names "clean" "paper's errors" "hand-off errors" --out experiments/toy_handoff/full_ft_drift.png
 
 Each RUN is a finished svi-demo run (here base-only runs, `'~models' '+models={}'`); its `summary.json` holds the
