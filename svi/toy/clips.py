@@ -68,18 +68,25 @@ class ToyClips(Dataset):
 
     def __init__(self, num_frames: int = 9, length: int = 1_000_000, seed: int = 0, clips_per_scene: int = 1,
                  max_start: int = 240, ref_window: int = 48, world: ToyWorldSpec | dict | None = None,
-                 condition=None, prev_clip: bool = False):
+                 condition=None, prev_clip: bool | int = False):
         if (num_frames - 1) % 4:
             raise ValueError(f"data.num_frames must be 1+4k (e.g. 9, 17), got {num_frames}")
         # prev_clip: each item also holds the clip before it (`prev_video`, F frames ending with this clip's
         # K motion frames), for the hand-off image error (img_source=toy_handoff). The clip then starts
         # F - K frames later than it would without the option (the previous clip needs those frames).
-        self.prev = 0
-        if prev_clip:
+        # An integer N > 1 gives the N clips before it, chained as a rollout chains them (each starts F - K
+        # frames after the one before): `prev_video` holds F + (N - 1)(F - K) frames, the clip starts
+        # N (F - K) frames later.
+        n_prev = int(prev_clip)
+        if isinstance(prev_clip, float) or n_prev < 0:
+            raise ValueError(f"data.prev_clip must be true, false or a number of clips >= 0, got {prev_clip!r}")
+        step = 0  # frames between the starts of two chained clips, F - K
+        if n_prev:
             if condition is None:
                 raise ValueError("data.prev_clip needs the condition (its K motion frames say where the previous "
                                  "clip ends); pass condition=...")
-            self.prev = num_frames - int(condition.num_motion_frames)
+            step = num_frames - int(condition.num_motion_frames)
+        self.prev, self.prev_span = n_prev * step, num_frames + (n_prev - 1) * step
         if length < 1 or clips_per_scene < 1:
             raise ValueError(f"data.length and data.clips_per_scene must be >= 1, got {length}, {clips_per_scene}")
         self.num_frames, self.length, self.seed = num_frames, length, seed
@@ -99,7 +106,7 @@ class ToyClips(Dataset):
         lo = max(0, start - self.ref_window // 2)
         ref_t = int(rng.integers(lo, lo + self.ref_window))
         video = render(world, start, F + self.prev, spec.height, spec.width)
-        prev, video = video[:F], video[self.prev :]
+        prev, video = video[: self.prev_span], video[self.prev :]
         ref = render(world, ref_t, 1, spec.height, spec.width)
         draws = self.condition.draw(random.Random(derive_seed(self.seed, 3, index))) if self.condition else {}
         item = {"video": to_tensor(video), "ref_image": to_tensor(ref)[:, 0], "caption": caption(world),

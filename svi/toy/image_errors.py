@@ -183,6 +183,11 @@ class HandoffImageError(ImageErrorSource):
     no bank and no linear map. Cost: `steps` no-grad forwards per training step. Shot-type conditions (no
     extra signal inputs).
 
+    `handoffs=N` (N > 1) chains N hand-offs, as clip N of a rollout meets them: the model samples the clip
+    N before this one from its true condition, hands it over, samples the next from that handed-over
+    condition, and so on; the N-th hand-off gives this clip's motion frames (`data.prev_clip=N`). Cost:
+    N x `steps` no-grad forwards per training step.
+
     `placement="other"` (a control) gives each sample the hand-off error of the next sample in the batch
     instead of its own: an error of the same kind and size, from another world, where that world's sprites
     were, as a replay memory's errors come from other samples. It separates what kind of error is recycled
@@ -191,7 +196,10 @@ class HandoffImageError(ImageErrorSource):
 
     PLACEMENTS = ("own", "other")
 
-    def __init__(self, steps: int = 0, scale: float = 1.0, quantize: str = "round", placement: str = "own"):
+    def __init__(self, steps: int = 0, scale: float = 1.0, quantize: str = "round", placement: str = "own",
+                 handoffs: int = 1):
+        if handoffs < 1:
+            raise ValueError(f"img_source.handoffs must be >= 1 (hand-offs chained before the clip), got {handoffs}")
         if steps < 0:
             raise ValueError(f"img_source.steps must be >= 0 (0 = flow.num_inference_steps), got {steps}")
         if scale < 0:
@@ -200,6 +208,7 @@ class HandoffImageError(ImageErrorSource):
             raise ValueError(f"img_source.placement must be one of {self.PLACEMENTS}, got {placement!r}")
         quantize_frames(torch.zeros(1, 3, 1, 1, 1), quantize)  # refuses an unknown mode now, naming the choices
         self.steps, self.scale, self.quantize, self.placement = steps, scale, quantize, placement
+        self.handoffs = handoffs
         self.sigmas: Tensor | None = None
 
     def bind(self, stack, condition, flow, grid_sigmas: Tensor) -> None:
@@ -226,14 +235,21 @@ class HandoffImageError(ImageErrorSource):
                              "needs a batch of at least 2: raise data.batch_size, or use placement=own")
         stack, condition, y = self.stack, self.condition, request.y
         prev, ref = batch["prev_video"].to(y.device), batch["ref_image"].to(y.device)
-        F, K = prev.shape[2], condition.num_motion_frames
+        F, K, N = request.x0.shape[2] * 4 - 3, condition.num_motion_frames, self.handoffs
+        span = F + (N - 1) * (F - K)  # the N clips before this one, chained
+        if prev.shape[2] < span:
+            raise ValueError(f"img_source.handoffs={N} needs the {N} clips before each training clip ({span} frames), "
+                             f"the batch holds {prev.shape[2]}: set data.prev_clip={N}")
+        prev = prev[:, :, prev.shape[2] - span :]
         with torch.no_grad():
-            y_prev = condition.build_y(stack, prev[:, :, :K], ref, F)  # the previous clip's true condition
-            x = _sample(request, y_prev, self.sigmas)
-            frames = quantize_frames(stack.decode_latents(x), self.quantize)  # (B, F, H, W, 3) uint8
-            handed = frames[:, -K:].permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)  # (B, 3, K, H, W)
-            motions = condition.motion_frames(handed, batch.get("draws"))  # as many frames as y was built with
-            y_handed = torch.cat([condition.build_y(stack, m[None], ref[i : i + 1], F) for i, m in enumerate(motions)])
+            y_cur = condition.build_y(stack, prev[:, :, :K], ref, F)  # the first chained clip's true condition
+            for _ in range(N):  # sample a clip, hand its last K frames over through 8 bits
+                x = _sample(request, y_cur, self.sigmas)
+                frames = quantize_frames(stack.decode_latents(x), self.quantize)  # (B, F, H, W, 3) uint8
+                handed = frames[:, -K:].permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)  # (B, 3, K, H, W)
+                motions = condition.motion_frames(handed, batch.get("draws"))  # as many frames as y was built with
+                y_cur = torch.cat([condition.build_y(stack, m[None], ref[i : i + 1], F) for i, m in enumerate(motions)])
+            y_handed = y_cur
         n = request.num_frames
         err = (y_handed[:, 4:, :n] - y[:, 4:, :n]).float() * self.scale
         if self.placement == "other":

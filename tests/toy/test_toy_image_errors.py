@@ -132,12 +132,12 @@ def test_rollout_source_binds_the_samplers_schedule(toy_stack):
     assert torch.allclose(source.sigmas[:-1], inference_sigmas(4, 3.0)) and source.sigmas[-1] == 0
 
 
-def _handoff_batch(toy_stack, K=2, F=5, n=3):
+def _handoff_batch(toy_stack, K=2, F=5, n=3, prev_clip=True):
     """Raw toy clips with the clip before each (data.prev_clip=true), collated, and their true condition."""
     from svi.toy.clips import ToyClips
 
     condition = Condition(num_motion_frames=K)
-    data = ToyClips(num_frames=F, length=n, seed=3, condition=condition, prev_clip=True)
+    data = ToyClips(num_frames=F, length=n, seed=3, condition=condition, prev_clip=prev_clip)
     items = [data[i] for i in range(n)]
     batch = {k: torch.stack([it[k] for it in items]) for k in ("video", "prev_video", "ref_image")}
     y = condition.build_y(toy_stack, batch["video"][:, :, :K], batch["ref_image"], F)
@@ -157,6 +157,13 @@ def test_toy_clips_with_the_previous_clip_end_where_the_clip_starts(toy_stack):
     assert torch.equal(plain["video"][:, 3:], batch["video"][1][:, :2])  # frames start+3, start+4
     with pytest.raises(ValueError, match="prev_clip needs the condition"):
         ToyClips(num_frames=5, prev_clip=True)
+    # N clips before: a chain of F + (N - 1)(F - K) frames ending with the motion frames; the clip starts
+    # N (F - K) frames later, so its frames are the one-clip item's, 3 frames on
+    _, two, _, _ = _handoff_batch(toy_stack, prev_clip=2)
+    assert two["prev_video"].shape[2] == 8 and torch.equal(two["prev_video"][:, :, -2:], two["video"][:, :, :2])
+    assert torch.equal(two["prev_video"][:, :, :5], batch["prev_video"]) and torch.equal(two["prev_video"][:, :, 3:], batch["video"])
+    with pytest.raises(ValueError, match="data.prev_clip must be"):
+        ToyClips(num_frames=5, prev_clip=-1, condition=condition)
 
 
 def test_handoff_source_is_the_change_one_handoff_makes_to_the_condition(toy_stack):
@@ -199,6 +206,29 @@ def test_handoff_source_is_the_change_one_handoff_makes_to_the_condition(toy_sta
     half = HandoffImageError(steps=3, scale=0.5)
     half.bind(toy_stack, condition, FlowConfig(shift=3.0), inference_sigmas(50, 3.0))
     assert torch.allclose(half(req(oracle(wrong), [True, True, True])), 0.5 * err, atol=1e-5)
+    # two chained hand-offs: the clip two before is sampled from its true condition, the clip before from the
+    # condition its handed-over frames make; an oracle writing each true clip leaves only the round trip's error
+    _, batch2, _, _ = _handoff_batch(toy_stack, prev_clip=2)
+    chain = toy_stack.encode_video(batch2["prev_video"][:, :, :5]), prev_true
+    calls = []
+
+    def chained(x_s, y_in, t):
+        calls.append(y_in.clone())
+        target = chain[(len(calls) - 1) // 3]
+        return (x_s - target) / (t / 1000.0).view(-1, 1, 1, 1, 1)
+
+    two = HandoffImageError(steps=3, handoffs=2)
+    two.bind(toy_stack, condition, FlowConfig(shift=3.0), inference_sigmas(50, 3.0))
+    req2 = ImageErrorRequest(x0=x0, y=y, select=torch.tensor([True, True, True]), grid=torch.zeros(3, dtype=torch.long),
+                             num_frames=2, memory=None, velocity=chained, generator=torch.Generator().manual_seed(0),
+                             batch=batch2)
+    err2 = two(req2)
+    assert len(calls) == 6 and rms(err2) < 0.05
+    assert torch.allclose(calls[0], condition.build_y(toy_stack, batch2["prev_video"][:, :, :2], batch["ref_image"], 5))
+    first = ((toy_stack.decode_latents(chain[0]).clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+    assert torch.allclose(calls[3], condition.build_y(toy_stack, first[:, :, -2:], batch["ref_image"], 5), atol=1e-5)
+    with pytest.raises(ValueError, match="handoffs=2 needs the 2 clips.*8 frames.*holds 5.*data.prev_clip=2"):
+        two(req(oracle(wrong), [True, True, True]))
     # placement=other: the same errors, each on the next sample's row; unselected rows still get none
     other = HandoffImageError(steps=3, placement="other")
     other.bind(toy_stack, condition, FlowConfig(shift=3.0), inference_sigmas(50, 3.0))
@@ -214,6 +244,8 @@ def test_handoff_source_refuses_what_it_cannot_do(toy_stack):
         HandoffImageError(steps=-1)
     with pytest.raises(ValueError, match="quantize"):
         HandoffImageError(quantize="floor")
+    with pytest.raises(ValueError, match="img_source.handoffs must be >= 1"):
+        HandoffImageError(handoffs=0)
     with pytest.raises(ValueError, match="placement.*'own', 'other'"):
         HandoffImageError(placement="elsewhere")
     talk = SimpleNamespace(name="talk", extra_fields=("audio",), num_motion_frames=1)
