@@ -79,7 +79,8 @@ class ToyClips(Dataset):
         # N (F - K) frames later.
         n_prev = int(prev_clip)
         if isinstance(prev_clip, float) or n_prev < 0:
-            raise ValueError(f"data.prev_clip must be true, false or a number of clips >= 0, got {prev_clip!r}")
+            raise ValueError(f"data.prev_clip must be true, false or a number of clips >= 0, "
+                             f"got {prev_clip!r}")
         step = 0  # frames between the starts of two chained clips, F - K
         if n_prev:
             if condition is None:

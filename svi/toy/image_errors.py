@@ -199,7 +199,8 @@ class HandoffImageError(ImageErrorSource):
     def __init__(self, steps: int = 0, scale: float = 1.0, quantize: str = "round", placement: str = "own",
                  handoffs: int = 1):
         if handoffs < 1:
-            raise ValueError(f"img_source.handoffs must be >= 1 (hand-offs chained before the clip), got {handoffs}")
+            raise ValueError(f"img_source.handoffs must be >= 1 (hand-offs chained before the clip), "
+                             f"got {handoffs}")
         if steps < 0:
             raise ValueError(f"img_source.steps must be >= 0 (0 = flow.num_inference_steps), got {steps}")
         if scale < 0:
@@ -238,17 +239,18 @@ class HandoffImageError(ImageErrorSource):
         F, K, N = request.x0.shape[2] * 4 - 3, condition.num_motion_frames, self.handoffs
         span = F + (N - 1) * (F - K)  # the N clips before this one, chained
         if prev.shape[2] < span:
-            raise ValueError(f"img_source.handoffs={N} needs the {N} clips before each training clip ({span} frames), "
-                             f"the batch holds {prev.shape[2]}: set data.prev_clip={N}")
+            raise ValueError(f"img_source.handoffs={N} needs the {N} clips before each training clip "
+                             f"({span} frames), the batch holds {prev.shape[2]}: set data.prev_clip={N}")
         prev = prev[:, :, prev.shape[2] - span :]
         with torch.no_grad():
-            y_cur = condition.build_y(stack, prev[:, :, :K], ref, F)  # the first chained clip's true condition
+            y_cur = condition.build_y(stack, prev[:, :, :K], ref, F)  # the first chained clip's true one
             for _ in range(N):  # sample a clip, hand its last K frames over through 8 bits
                 x = _sample(request, y_cur, self.sigmas)
                 frames = quantize_frames(stack.decode_latents(x), self.quantize)  # (B, F, H, W, 3) uint8
                 handed = frames[:, -K:].permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)  # (B, 3, K, H, W)
-                motions = condition.motion_frames(handed, batch.get("draws"))  # as many frames as y was built with
-                y_cur = torch.cat([condition.build_y(stack, m[None], ref[i : i + 1], F) for i, m in enumerate(motions)])
+                motions = condition.motion_frames(handed, batch.get("draws"))  # as many as y was built with
+                y_cur = torch.cat([condition.build_y(stack, m[None], ref[i : i + 1], F)
+                                   for i, m in enumerate(motions)])
             y_handed = y_cur
         n = request.num_frames
         err = (y_handed[:, 4:, :n] - y[:, 4:, :n]).float() * self.scale

@@ -160,8 +160,9 @@ def test_toy_clips_with_the_previous_clip_end_where_the_clip_starts(toy_stack):
     # N clips before: a chain of F + (N - 1)(F - K) frames ending with the motion frames; the clip starts
     # N (F - K) frames later, so its frames are the one-clip item's, 3 frames on
     _, two, _, _ = _handoff_batch(toy_stack, prev_clip=2)
-    assert two["prev_video"].shape[2] == 8 and torch.equal(two["prev_video"][:, :, -2:], two["video"][:, :, :2])
-    assert torch.equal(two["prev_video"][:, :, :5], batch["prev_video"]) and torch.equal(two["prev_video"][:, :, 3:], batch["video"])
+    chain = two["prev_video"]
+    assert chain.shape[2] == 8 and torch.equal(chain[:, :, -2:], two["video"][:, :, :2])
+    assert torch.equal(chain[:, :, :5], batch["prev_video"]) and torch.equal(chain[:, :, 3:], batch["video"])
     with pytest.raises(ValueError, match="data.prev_clip must be"):
         ToyClips(num_frames=5, prev_clip=-1, condition=condition)
 
@@ -207,7 +208,8 @@ def test_handoff_source_is_the_change_one_handoff_makes_to_the_condition(toy_sta
     half.bind(toy_stack, condition, FlowConfig(shift=3.0), inference_sigmas(50, 3.0))
     assert torch.allclose(half(req(oracle(wrong), [True, True, True])), 0.5 * err, atol=1e-5)
     # two chained hand-offs: the clip two before is sampled from its true condition, the clip before from the
-    # condition its handed-over frames make; an oracle writing each true clip leaves only the round trip's error
+    # condition its handed-over frames make; an oracle writing each true clip leaves only the round trip's
+    # error
     _, batch2, _, _ = _handoff_batch(toy_stack, prev_clip=2)
     chain = toy_stack.encode_video(batch2["prev_video"][:, :, :5]), prev_true
     calls = []
@@ -219,14 +221,16 @@ def test_handoff_source_is_the_change_one_handoff_makes_to_the_condition(toy_sta
 
     two = HandoffImageError(steps=3, handoffs=2)
     two.bind(toy_stack, condition, FlowConfig(shift=3.0), inference_sigmas(50, 3.0))
-    req2 = ImageErrorRequest(x0=x0, y=y, select=torch.tensor([True, True, True]), grid=torch.zeros(3, dtype=torch.long),
-                             num_frames=2, memory=None, velocity=chained, generator=torch.Generator().manual_seed(0),
-                             batch=batch2)
+    req2 = ImageErrorRequest(x0=x0, y=y, select=torch.tensor([True, True, True]),
+                             grid=torch.zeros(3, dtype=torch.long), num_frames=2, memory=None,
+                             velocity=chained, generator=torch.Generator().manual_seed(0), batch=batch2)
     err2 = two(req2)
     assert len(calls) == 6 and rms(err2) < 0.05
-    assert torch.allclose(calls[0], condition.build_y(toy_stack, batch2["prev_video"][:, :, :2], batch["ref_image"], 5))
+    y_first = condition.build_y(toy_stack, batch2["prev_video"][:, :, :2], batch["ref_image"], 5)
+    assert torch.allclose(calls[0], y_first)
     first = ((toy_stack.decode_latents(chain[0]).clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
-    assert torch.allclose(calls[3], condition.build_y(toy_stack, first[:, :, -2:], batch["ref_image"], 5), atol=1e-5)
+    y_second = condition.build_y(toy_stack, first[:, :, -2:], batch["ref_image"], 5)
+    assert torch.allclose(calls[3], y_second, atol=1e-5)
     with pytest.raises(ValueError, match="handoffs=2 needs the 2 clips.*8 frames.*holds 5.*data.prev_clip=2"):
         two(req(oracle(wrong), [True, True, True]))
     # placement=other: the same errors, each on the next sample's row; unselected rows still get none
