@@ -236,7 +236,8 @@ class HandoffImageError(ImageErrorSource):
                              "needs a batch of at least 2: raise data.batch_size, or use placement=own")
         stack, condition, y = self.stack, self.condition, request.y
         prev, ref = batch["prev_video"].to(y.device), batch["ref_image"].to(y.device)
-        F, K, N = request.x0.shape[2] * 4 - 3, condition.num_motion_frames, self.handoffs
+        F = request.x0.shape[2] * 4 - 3  # pixel frames of T latent frames (T = 1 + (F - 1) / 4)
+        K, N = condition.num_motion_frames, self.handoffs
         span = F + (N - 1) * (F - K)  # the N clips before this one, chained
         if prev.shape[2] < span:
             raise ValueError(f"img_source.handoffs={N} needs the {N} clips before each training clip "
