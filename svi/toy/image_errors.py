@@ -244,15 +244,14 @@ class HandoffImageError(ImageErrorSource):
                              f"({span} frames), the batch holds {prev.shape[2]}: set data.prev_clip={N}")
         prev = prev[:, :, prev.shape[2] - span :]
         with torch.no_grad():
-            y_cur = condition.build_y(stack, prev[:, :, :K], ref, F)  # the first chained clip's true one
-            for _ in range(N):  # sample a clip, hand its last K frames over through 8 bits
-                x = _sample(request, y_cur, self.sigmas)
+            y_handed = condition.build_y(stack, prev[:, :, :K], ref, F)  # the first chained clip's true one
+            for _ in range(N):  # sample from the current condition, hand the last K frames over (8 bits)
+                x = _sample(request, y_handed, self.sigmas)
                 frames = quantize_frames(stack.decode_latents(x), self.quantize)  # (B, F, H, W, 3) uint8
                 handed = frames[:, -K:].permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)  # (B, 3, K, H, W)
                 motions = condition.motion_frames(handed, batch.get("draws"))  # as many as y was built with
-                y_cur = torch.cat([condition.build_y(stack, m[None], ref[i : i + 1], F)
-                                   for i, m in enumerate(motions)])
-            y_handed = y_cur
+                y_handed = torch.cat([condition.build_y(stack, m[None], ref[i : i + 1], F)
+                                      for i, m in enumerate(motions)])
         n = request.num_frames
         err = (y_handed[:, 4:, :n] - y[:, 4:, :n]).float() * self.scale
         if self.placement == "other":
