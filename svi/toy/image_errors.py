@@ -191,13 +191,15 @@ class HandoffImageError(ImageErrorSource):
     `placement="other"` (a control) gives each sample the hand-off error of the next sample in the batch
     instead of its own: an error of the same kind and size, from another world, where that world's sprites
     were, as a replay memory's errors come from other samples. It separates what kind of error is recycled
-    from where it lands.
+    from where it lands. `placement="mix"` gives each selected sample its own error with probability
+    `own_fraction` and the next sample's otherwise (a coin per sample from the training generator): both
+    kinds of place in one model.
     """
 
-    PLACEMENTS = ("own", "other")
+    PLACEMENTS = ("own", "other", "mix")
 
     def __init__(self, steps: int = 0, scale: float = 1.0, quantize: str = "round", placement: str = "own",
-                 handoffs: int = 1):
+                 handoffs: int = 1, own_fraction: float = 0.5):
         if handoffs < 1:
             raise ValueError(f"img_source.handoffs must be >= 1 (hand-offs chained before the clip), "
                              f"got {handoffs}")
@@ -207,9 +209,12 @@ class HandoffImageError(ImageErrorSource):
             raise ValueError(f"img_source.scale must be >= 0, got {scale}")
         if placement not in self.PLACEMENTS:
             raise ValueError(f"img_source.placement must be one of {self.PLACEMENTS}, got {placement!r}")
+        if not 0.0 <= own_fraction <= 1.0:
+            raise ValueError(f"img_source.own_fraction is the probability a sample gets its own hand-off "
+                             f"error with placement=mix; it must lie in [0, 1], got {own_fraction}")
         quantize_frames(torch.zeros(1, 3, 1, 1, 1), quantize)  # refuses an unknown mode now, naming the choices
         self.steps, self.scale, self.quantize, self.placement = steps, scale, quantize, placement
-        self.handoffs = handoffs
+        self.handoffs, self.own_fraction = handoffs, own_fraction
         self.sigmas: Tensor | None = None
 
     def bind(self, stack, condition, flow, grid_sigmas: Tensor) -> None:
@@ -231,9 +236,10 @@ class HandoffImageError(ImageErrorSource):
         if "prev_video" not in batch or "ref_image" not in batch:
             raise ValueError("img_source=toy_handoff needs the clip before each training clip: train on raw toy "
                              "clips with data.prev_clip=true (data=toy; a latent cache holds no previous clip)")
-        if self.placement == "other" and request.y.shape[0] < 2:
-            raise ValueError("img_source.placement=other gives each sample another sample's hand-off error, so it "
-                             "needs a batch of at least 2: raise data.batch_size, or use placement=own")
+        if self.placement != "own" and request.y.shape[0] < 2:
+            raise ValueError(f"img_source.placement={self.placement} gives samples another sample's hand-off "
+                             f"error, so it needs a batch of at least 2: raise data.batch_size, or use "
+                             f"placement=own")
         stack, condition, y = self.stack, self.condition, request.y
         prev, ref = batch["prev_video"].to(y.device), batch["ref_image"].to(y.device)
         F = request.x0.shape[2] * 4 - 3  # pixel frames of T latent frames (T = 1 + (F - 1) / 4)
@@ -254,7 +260,12 @@ class HandoffImageError(ImageErrorSource):
                                       for i, m in enumerate(motions)])
         n = request.num_frames
         err = (y_handed[:, 4:, :n] - y[:, 4:, :n]).float() * self.scale
-        if self.placement == "other":
-            err = err.roll(-1, dims=0)  # sample i gets sample i + 1's error (the last gets the first's)
+        if self.placement != "own":
+            other = err.roll(-1, dims=0)  # sample i gets sample i + 1's error (the last gets the first's)
+            if self.placement == "other":
+                err = other
+            else:  # mix: a coin per sample, own with probability own_fraction
+                own = torch.rand(err.shape[0], generator=request.generator) < self.own_fraction
+                err = torch.where(own.to(err.device).view(-1, 1, 1, 1, 1), err, other)
         keep = request.select.to(err.device).view(-1, 1, 1, 1, 1)
         return torch.where(keep, err, torch.zeros_like(err)).to(request.zeros())

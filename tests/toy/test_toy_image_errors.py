@@ -239,6 +239,25 @@ def test_handoff_source_is_the_change_one_handoff_makes_to_the_condition(toy_sta
     moved = other(req(oracle(wrong), [True, False, True]))
     assert torch.allclose(moved[0], err[1], atol=1e-5) and torch.allclose(moved[2], err[0], atol=1e-5)
     assert torch.all(moved[1] == 0) and not torch.allclose(moved[0], err[0], atol=1e-3)
+    # placement=mix: each row is its own error or the next sample's, by a coin from the training generator;
+    # own_fraction 1 and 0 are the two placements
+    def mixed(fraction, seed):
+        source = HandoffImageError(steps=3, placement="mix", own_fraction=fraction)
+        source.bind(toy_stack, condition, FlowConfig(shift=3.0), inference_sigmas(50, 3.0))
+        request = req(oracle(wrong), [True, True, True])
+        request.generator = torch.Generator().manual_seed(seed)
+        return source(request)
+    assert torch.allclose(mixed(1.0, 0), err, atol=1e-5)
+    assert torch.allclose(mixed(0.0, 0), err.roll(-1, dims=0), atol=1e-5)
+    picks = []
+    for seed in range(8):
+        rows = mixed(0.5, seed)
+        for i in range(3):
+            own, nxt = (torch.allclose(rows[i], e, atol=1e-5) for e in (err[i], err[(i + 1) % 3]))
+            assert own != nxt  # exactly one of the two
+            picks.append(own)
+    assert 0 < sum(picks) < len(picks)  # both places occur
+    assert torch.equal(mixed(0.5, 5), mixed(0.5, 5))  # the same generator, the same coins
 
 
 def test_handoff_source_refuses_what_it_cannot_do(toy_stack):
@@ -250,8 +269,10 @@ def test_handoff_source_refuses_what_it_cannot_do(toy_stack):
         HandoffImageError(quantize="floor")
     with pytest.raises(ValueError, match="img_source.handoffs must be >= 1"):
         HandoffImageError(handoffs=0)
-    with pytest.raises(ValueError, match="placement.*'own', 'other'"):
+    with pytest.raises(ValueError, match="placement.*'own', 'other', 'mix'"):
         HandoffImageError(placement="elsewhere")
+    with pytest.raises(ValueError, match="img_source.own_fraction.*\\[0, 1\\].*1.5"):
+        HandoffImageError(placement="mix", own_fraction=1.5)
     talk = SimpleNamespace(name="talk", extra_fields=("audio",), num_motion_frames=1)
     with pytest.raises(ValueError, match="talk.*audio.*img_source=window"):
         HandoffImageError().bind(toy_stack, talk, FlowConfig(), inference_sigmas(50, 3.0))
