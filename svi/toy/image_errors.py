@@ -10,7 +10,12 @@ latent of a whole clip to the latent of the next clip's condition (`last_frames_
 * `toy_self`: this sample's own one-step error, measured with one extra no-grad forward (`SelfImageError`);
 * `toy_rollout`: the error of a whole clip the model samples for this sample (`RolloutImageError`).
 
-A fourth needs no map, and so no linear autoencoder:
+One keeps the paper's error and moves nothing, but leaves part of the condition clean:
+
+* `toy_motion_frames`: the paper's window E_img, kept only on the condition's first pixel frames (the
+  motion frames by default), so the reference copies beside them stay clean (`MotionFramesImageError`).
+
+A fifth needs no map, and so no linear autoencoder:
 
 * `toy_handoff`: the model samples the clip *before* this one from its true condition and hands its last K
   frames over through 8 bits, as a rollout does; E_img is the difference this makes to this clip's
@@ -100,6 +105,55 @@ class LastFramesImageError(WindowImageError):
             e = request.memory.sample_any("vid", request.generator, self.buckets)  # (C, T, h, w)
             e_img[i] = (self.img_map(e)[:, : request.num_frames] * self.scale).to(e_img)
         return e_img
+
+
+class MotionFramesImageError(WindowImageError):
+    """`toy_motion_frames`: the paper's E_img, kept only on the first `frames` pixel frames of the condition.
+
+    The condition video is K motion frames, then copies of the reference frame. Officially E_img covers
+    `y_error_num` = 3 of an 81-frame clip's 21 latent frames: the motion frame and 8 reference copies; the
+    other 72 copies of the reference stay clean, so the model always sees a clean reference beside the
+    corrupted motion frames. A toy clip has 2 latent frames and E_img over both (`y_error_num` = 2)
+    corrupts every reference copy too. This source draws the paper's error (a random window of a stored
+    video error from any allowed bucket, `WindowImageError`) and removes the part that falls on pixel
+    frames `frames` and later: it decodes the error with the autoencoder's linear part, keeps those frames
+    only, encodes them and subtracts. Exact for a frame-separable linear autoencoder (the toy's), where
+    every pixel frame of a latent has its own channels: the kept frames' error is bit for bit the
+    window's, and `frames` >= F gives the window source exactly. `frames` = 0 means K (the motion frames).
+    """
+
+    def __init__(self, frames: int = 0, window: str = "random", max_sigma: float = 1.0, scale: float = 1.0):
+        if frames < 0:
+            raise ValueError(f"img_source.frames is how many pixel frames of the condition keep E_img "
+                             f"(0 = the K motion frames); it must be >= 0, got {frames}")
+        super().__init__(window=window, max_sigma=max_sigma, scale=scale)
+        self.frames = frames
+        self.vae, self.std = None, None
+
+    def bind(self, stack, condition, flow, grid_sigmas: Tensor) -> None:
+        super().bind(stack, condition, flow, grid_sigmas)
+        vae = stack.require("vae", "img_source=toy_motion_frames")
+        if not getattr(vae.config, "frame_separable", False):
+            raise ValueError(f"img_source=toy_motion_frames removes E_img from chosen pixel frames, which is "
+                             f"exact only for a frame-separable linear autoencoder (the toy PatchAutoencoder "
+                             f"with frame_separable=true); {type(vae).__name__} is not one. Use "
+                             f"img_source=window.")
+        self.vae = vae
+        self.std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self.keep = self.frames or int(condition.num_motion_frames)
+
+    def __call__(self, request: ImageErrorRequest) -> Tensor:
+        e_img = super().__call__(request)  # (B, C, n, h, w), zero where not selected
+        n = e_img.shape[2]
+        if 1 + 4 * (n - 1) <= self.keep or not bool(request.select.any()):
+            return e_img  # every pixel frame the error covers is kept
+        std = self.std.to(e_img.device)
+        raw = (e_img.float() * std).cpu()
+        pix = self.vae.linear_decode(raw.to(self.vae.dtype))  # (B, 3, F, H, W), F = 1 + 4 (n - 1)
+        later = torch.zeros_like(pix)
+        later[:, :, self.keep :] = pix[:, :, self.keep :]
+        drop = self.vae.linear_encode(later).float()  # the error on frames >= keep, in latent units
+        return (e_img.float() - (drop.to(e_img.device) / std)).to(e_img)
 
 
 class SelfImageError(ImageErrorSource):

@@ -9,7 +9,9 @@ from svi.conditions import Condition
 from svi.erft import ImageErrorRequest, MemoryConfig, ReplayMemory
 from svi.flow import FlowConfig, inference_sigmas
 from svi.toy.clips import TEST, toy_videos
-from svi.toy.image_errors import LastFramesImageError, RolloutImageError, SelfImageError, last_frames_map
+from svi.erft.image_error import WindowImageError
+from svi.toy.image_errors import (LastFramesImageError, MotionFramesImageError, RolloutImageError, SelfImageError,
+                                  last_frames_map)
 
 SHAPE = (2, 16, 5, 4, 4)
 
@@ -287,3 +289,43 @@ def test_handoff_source_refuses_what_it_cannot_do(toy_stack):
     req.batch = {"prev_video": torch.zeros(1, 3, 5, 32, 32), "ref_image": torch.zeros(1, 3, 32, 32)}
     with pytest.raises(ValueError, match="batch of at least 2.*data.batch_size"):
         other(req)
+
+
+def test_motion_frames_source_keeps_the_papers_error_on_the_motion_frames_only(toy_stack):
+    """The paper's window error, minus its part on the reference copies: the motion frames keep exactly the
+    window's error, the later pixel frames none; keeping every frame gives the window source bit for bit."""
+    assert toy_stack.vae.config.frame_separable
+    memory = ReplayMemory(MemoryConfig(num_grids=50, capacity=4))
+    for k in range(3):
+        memory.vid.add(5 + k, 0.3 * torch.randn(64, 2, 8, 8, generator=torch.Generator().manual_seed(k)))
+    condition, sigmas = Condition(num_motion_frames=2, ref_pad_num=-1), inference_sigmas(50, 3.0)
+    req = lambda: _request(torch.zeros(3, 64, 2, 8, 8), torch.zeros(3, 68, 2, 8, 8), [True, False, True], None,
+                           num_frames=2, memory=memory.reader(), seed=4)
+    window = WindowImageError()
+    window.bind(toy_stack, condition, FlowConfig(), sigmas)
+    e_win = window(req())
+    source = MotionFramesImageError()  # frames 0 = the K = 2 motion frames
+    source.bind(toy_stack, condition, FlowConfig(), sigmas)
+    e_img = source(req())
+    assert e_img.shape == e_win.shape and torch.all(e_img[1] == 0)
+    std = torch.tensor(toy_stack.vae.config.latents_std).view(1, -1, 1, 1, 1)
+    pix, pix_win = (toy_stack.vae.linear_decode(e * std) for e in (e_img, e_win))  # (3, 3, 5, 32, 32)
+    assert torch.allclose(pix[:, :, :2], pix_win[:, :, :2], atol=1e-5) and pix_win[:, :, :2].abs().max() > 0.01
+    assert pix[:, :, 2:].abs().max() < 1e-5 and pix_win[:, :, 2:].abs().max() > 0.01
+    # latent 0 (frame 0) and frame 1's channels of latent 1 untouched; the reference copies' channels zero
+    assert torch.allclose(e_img[:, :, 0], e_win[:, :, 0], atol=1e-6)
+    assert torch.allclose(e_img[:, :16, 1], e_win[:, :16, 1], atol=1e-5) and e_img[:, 16:, 1].abs().max() < 1e-5
+    every = MotionFramesImageError(frames=5)
+    every.bind(toy_stack, condition, FlowConfig(), sigmas)
+    assert torch.equal(every(req()), e_win)
+    one = MotionFramesImageError(frames=3)  # the motion frames and one reference copy
+    one.bind(toy_stack, condition, FlowConfig(), sigmas)
+    e3 = one(req())
+    assert torch.allclose(e3[:, :32, 1], e_win[:, :32, 1], atol=1e-5) and e3[:, 32:, 1].abs().max() < 1e-5
+
+
+def test_motion_frames_source_refuses_what_it_cannot_do(tiny_stack):
+    with pytest.raises(ValueError, match="img_source.frames .* >= 0"):
+        MotionFramesImageError(frames=-1)
+    with pytest.raises(ValueError, match="frame-separable linear autoencoder.*img_source=window"):
+        MotionFramesImageError().bind(tiny_stack, Condition(), FlowConfig(), inference_sigmas(50, 5.0))
