@@ -176,3 +176,40 @@ def test_handoff_study_plot_draws_one_model_of_every_run_and_names_what_is_missi
         plot.main([str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="one name per run"):
         plot.main([*map(str, runs), "--names", "A"])
+
+
+def test_tradeoff_plot_puts_each_model_at_its_sprites_and_drift_over_plain(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "toy_demo" / "plot_tradeoff.py"
+    spec = importlib.util.spec_from_file_location("toy_demo_tradeoff", path)
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    run = tmp_path / "run"
+    run.mkdir()
+    # two seeds x 2 videos x 3 clips; erft keeps 1 sprite, plain 2; erft's first clip 0.5 worse
+    clips = {}
+    for s in (0, 1):
+        clips[f"seed{s}/plain_lora/objects"] = np.full((2, 3), 2.0)
+        clips[f"seed{s}/erft/objects"] = np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
+        clips[f"seed{s}/plain_lora/world_rmse"] = np.full((2, 3), 12.0)
+        clips[f"seed{s}/erft/world_rmse"] = np.full((2, 3), 12.5)
+    np.savez(run / "per_clip.npz", **clips)
+    summary = {"seeds": [0, 1], "drift": {"plain_lora": 40.0, "erft": 20.0},
+               "per_seed": {"plain_lora": [40.0, 40.0], "erft": [16.0, 24.0]}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    pts = plot.points(*plot._load(run))
+    assert pts["erft"]["x"] == pytest.approx(1.0) and pts["plain_lora"]["x"] == pytest.approx(2.0)
+    assert pts["erft"]["y"] == pytest.approx(0.5) and pts["plain_lora"]["y"] == pytest.approx(1.0)
+    assert (pts["erft"]["y_lo"], pts["erft"]["y_hi"]) == pytest.approx((0.4, 0.6))
+    assert pts["erft"]["first_clip"] == pytest.approx(0.5) and pts["plain_lora"]["first_clip"] == 0.0
+    assert pts["erft"]["x_half"] == pytest.approx(0.0)  # every video keeps 1 sprite on average
+    out = plot.main([str(run), "--out", str(tmp_path / "fig.png")])
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="summary.json is missing"):
+        plot.main([str(tmp_path / "nowhere")])
+    (run / "summary.json").write_text(json.dumps(dict(summary, drift={"erft": 20.0})))
+    with pytest.raises(SystemExit, match="no plain_lora row"):
+        plot._load(run)
