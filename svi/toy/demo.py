@@ -130,6 +130,21 @@ def write_tables(cfg: DictConfig, summaries: dict, run_dirs: dict[tuple[str, int
     return out / "table.md"
 
 
+def finetune_threads(threads: int | None, n_par: int, cpus: int) -> int | None:
+    """Torch threads of each fine-tune process (None: torch's default, every core).
+
+    `threads` (the demo's knob for a machine shared with other jobs) caps the fine-tunes as it caps the
+    rollouts; otherwise fine-tunes side by side split the cores (small matmuls: one thread per process
+    beats two threads in one process) and a lone fine-tune takes them all. Without the cap, two demos or
+    a demo beside a training on 2 cores run 4 threads on 2 cores and crawl.
+    """
+    if threads:
+        return max(1, int(threads))
+    if n_par > 1:
+        return max(1, cpus // n_par)
+    return None
+
+
 def run_finetunes(cfg: DictConfig, out: Path) -> dict[tuple[str, int], Path]:
     """Run every (model, seed) fine-tune; finished runs (adapter present) are reused, so a killed demo resumes."""
     jobs = finetune_jobs(cfg, out)
@@ -138,8 +153,9 @@ def run_finetunes(cfg: DictConfig, out: Path) -> dict[tuple[str, int], Path]:
         _log(f"{len(jobs) - len(todo)} fine-tune(s) already done in {out / 'train'}, reused")
     n_par = max(1, min(int(cfg.parallel_jobs), len(todo) or 1))
     env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
-    if n_par > 1:  # small matmuls: one thread per process beats two threads in one process
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // n_par)))
+    per_job = finetune_threads(cfg.get("threads"), n_par, os.cpu_count() or 1)
+    if per_job is not None:  # an OMP_NUM_THREADS already set by the user wins
+        env.setdefault("OMP_NUM_THREADS", str(per_job))
 
     def one(job):
         name, seed, args, run_dir = job

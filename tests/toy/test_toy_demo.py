@@ -320,3 +320,12 @@ def test_frames_strip_shows_the_last_frame_of_each_chosen_clip_per_video_and_mod
     assert strip[4, 1, 0, 0].tolist() == [1, 1, K + 4 * new - 1] and strip[0, 0, 0, 0].tolist() == [0, 0, K + new - 1]
     assert plot_frames(videos, K, new, tmp_path / "f.png").stat().st_size > 1000
     assert plot_frames({}, K, new, tmp_path / "none.png") is None
+
+
+def test_demo_threads_cap_the_fine_tunes_as_they_cap_the_rollouts():
+    """threads=1 on a shared machine must reach the fine-tune processes too, or two jobs spin 4 threads on 2 cores."""
+    from svi.toy.demo import finetune_threads
+
+    assert finetune_threads(1, 1, 2) == 1 and finetune_threads(1, 2, 2) == 1 and finetune_threads(3, 1, 8) == 3
+    assert finetune_threads(None, 2, 2) == 1 and finetune_threads(None, 2, 16) == 8 and finetune_threads(None, 3, 2) == 1
+    assert finetune_threads(None, 1, 2) is None  # a lone fine-tune: torch's default, every core
