@@ -118,8 +118,8 @@ class MotionFramesImageError(WindowImageError):
     video error from any allowed bucket, `WindowImageError`) and removes the part that falls on pixel
     frames `frames` and later: it decodes the error with the autoencoder's linear part, keeps those frames
     only, encodes them and subtracts. Exact for a frame-separable linear autoencoder (the toy's), where
-    every pixel frame of a latent has its own channels: the kept frames' error is bit for bit the
-    window's, and `frames` >= F gives the window source exactly. `frames` = 0 means K (the motion frames).
+    every pixel frame of a latent has its own channels: the kept frames' error is the window's up to float
+    rounding, and `frames` >= F gives the window source bit for bit. `frames` = 0 means K (the motion frames).
     """
 
     def __init__(self, frames: int = 0, window: str = "random", max_sigma: float = 1.0, scale: float = 1.0):
@@ -127,7 +127,7 @@ class MotionFramesImageError(WindowImageError):
             raise ValueError(f"img_source.frames is how many pixel frames of the condition keep E_img "
                              f"(0 = the K motion frames); it must be >= 0, got {frames}")
         super().__init__(window=window, max_sigma=max_sigma, scale=scale)
-        self.frames = frames
+        self.frames, self.keep = frames, frames
         self.vae, self.std = None, None
 
     def bind(self, stack, condition, flow, grid_sigmas: Tensor) -> None:
