@@ -64,24 +64,39 @@ def main(argv=None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.5, 6.0))
+    fig, ax = plt.subplots(figsize=(10.0, 6.0))
     plain = pts["plain_lora"]
-    ax.fill_between([plain["x"], 2.0], 0, 0.5, color="tab:green", alpha=0.12, lw=0,
+    x_max = max(1.2, max(v["x"] + v["x_half"] for v in pts.values()) + 0.1)
+    ax.fill_between([plain["x"], x_max], 0, 0.5, color="tab:green", alpha=0.12, lw=0,
                     label="the paper's picture: drift <= 0.5x plain, sprites >= plain")
     ax.axhline(1.0, color="0.7", lw=0.8, ls="--")
     ax.axvline(plain["x"], color="0.7", lw=0.8, ls="--")
+    fitted = [v for n, v in pts.items() if n != "base"]
+    if len(fitted) > 2:  # a least-squares line through the fine-tunes: how far the rows lie from one trade
+        xs, ys = np.array([v["x"] for v in fitted]), np.array([v["y"] for v in fitted])
+        slope, icept = np.polyfit(xs, ys, 1)
+        grid = np.linspace(0, x_max, 2)
+        ax.plot(grid, icept + slope * grid, color="0.5", lw=0.8, ls=":",
+                label=f"least squares over the fine-tunes: r = {np.corrcoef(xs, ys)[0, 1]:.2f}")
     cost = max(0.5, max(abs(v["first_clip"]) for v in pts.values()))
     norm = matplotlib.colors.Normalize(vmin=0, vmax=cost)
+    labels: dict[tuple[float, float], list[str]] = {}  # rows at the same place share a number
     for name, v in pts.items():
-        ref = name in ("base", "plain_lora")
-        ax.errorbar(v["x"], v["y"], xerr=v["x_half"], yerr=[[v["y"] - v["y_lo"]], [v["y_hi"] - v["y"]]],
-                    fmt="none", ecolor="0.6", lw=0.8, zorder=1)
-        ax.scatter(v["x"], v["y"], s=60, marker="s" if ref else "o", zorder=2, edgecolors="k", linewidths=0.6,
+        labels.setdefault((round(v["x"], 6), round(v["y"], 6)), []).append(name)
+    for k, ((x, y), names) in enumerate(labels.items(), start=1):
+        v = pts[names[0]]
+        ref = any(n in ("base", "plain_lora") for n in names)
+        ax.errorbar(x, y, xerr=v["x_half"], yerr=[[y - v["y_lo"]], [v["y_hi"] - y]], fmt="none", ecolor="0.75",
+                    lw=0.8, zorder=1)
+        ax.scatter(x, y, s=60, marker="s" if ref else "o", zorder=2, edgecolors="k", linewidths=0.6,
                    c=[plt.cm.viridis(norm(max(v["first_clip"], 0.0)))])
-        ax.annotate(name.replace("_", " "), (v["x"], v["y"]), xytext=(5, 4), textcoords="offset points", fontsize=8)
+        ax.annotate(str(k), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    key = "\n".join(f"{k}  {' = '.join(n.replace('_', ' ') for n in names)}"
+                     for k, names in enumerate(labels.values(), start=1))
+    ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", ha="left", fontsize=8, family="monospace")
     sm = plt.cm.ScalarMappable(norm=norm, cmap="viridis")
-    fig.colorbar(sm, ax=ax, label="first clip: world RMSE above plain LoRA's")
-    ax.set_xlim(0, 2.0)
+    fig.colorbar(sm, ax=ax, label="first clip: world RMSE above plain LoRA's", location="left", pad=0.12)
+    ax.set_xlim(0, x_max)
     ax.set_ylim(0, max(1.2, max(v["y_hi"] for v in pts.values()) + 0.05))
     ax.set_xlabel("sprites present over all clips (of 2)")
     ax.set_ylabel("drift over plain LoRA's (bars: lowest to highest seed)")
