@@ -292,8 +292,9 @@ def test_handoff_source_refuses_what_it_cannot_do(toy_stack):
 
 
 def test_motion_frames_source_keeps_the_papers_error_on_the_motion_frames_only(toy_stack):
-    """The paper's window error, minus its part on the reference copies: the motion frames keep exactly the
-    window's error, the later pixel frames none; keeping every frame gives the window source bit for bit."""
+    """The paper's window error, minus its part on the reference copies: the motion frames keep the window's
+    error (up to float rounding), the later pixel frames none; keeping every frame gives the window source bit
+    for bit."""
     assert toy_stack.vae.config.frame_separable
     memory = ReplayMemory(MemoryConfig(num_grids=50, capacity=4))
     for k in range(3):
