@@ -12,9 +12,9 @@ world (2 sprites, the default sizes and speeds), batch 8, AdamW.
 Every `--eval-every` steps it scores the held-out clips (PSNR over the full frame; the linear autoencoder's
 is printed beside it), appends a row to `log.csv` and writes `checkpoint.pt` (weights, optimizer, step), so a
 run stopped by `--minutes` or by hand continues from there, drawing the same clips it would have drawn.
-At the end (`--steps` reached or the time budget spent) it writes `vae/` with `save_pretrained`, the latent
-statistics (`latents_mean`, `latents_std`, per channel over training clips) in its config: the folder a
-toy backbone reads with `vae: {path: <out>/vae}` (`svi.toy.backbone.build_toy_wan`).
+At the end (`--steps` reached or the time budget spent) it writes `vae/` (or `--export`) with
+`save_pretrained`, the latent statistics (`latents_mean`, `latents_std`, per channel over training clips) in
+its config: the folder a toy backbone reads with `vae: {path: <out>/vae}` (`svi.toy.backbone.build_toy_wan`).
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def _check(args) -> None:
 def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt, log.csv, vae/)")
+    p.add_argument("--export", type=Path, default=None, help="where to write the trained VAE (default: <out>/vae)")
     p.add_argument("--steps", type=int, default=20000, help="total optimizer steps")
     p.add_argument("--minutes", type=float, default=600.0, help="wall-clock budget of this call; then checkpoint")
     p.add_argument("--batch", type=int, default=8)
@@ -154,10 +155,11 @@ def main(argv=None) -> Path:
     vae.eval()
     mean, std = latent_stats(vae, toy_videos(64, 9, seed=0, world=WORLD))
     vae.register_to_config(latents_mean=mean, latents_std=std)
-    vae.save_pretrained(args.out / "vae")
+    export = args.export or args.out / "vae"
+    vae.save_pretrained(export)
     print(f"[train_autoencoder] step {step}: held-out {psnr(reconstruct(vae, heldout), heldout):.2f} dB; "
-          f"wrote {args.out / 'vae'}")
-    return args.out / "vae"
+          f"wrote {export}")
+    return export
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ def test_a_run_continued_from_its_checkpoint_equals_one_run(trained, tmp_path):
     a, b = (list(csv.DictReader((d / "log.csv").open())) for d in (trained, out))
     assert [(r["step"], r["train_l1"], r["heldout_psnr_db"]) for r in a] == \
            [(r["step"], r["train_l1"], r["heldout_psnr_db"]) for r in b]
+    exported = main(["--out", str(out), "--steps", "4", "--export", str(tmp_path / "asset"), *TINY])  # nothing to train
+    assert exported == tmp_path / "asset" and (exported / "config.json").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
     with pytest.raises(SystemExit, match="base_dim/z_dim"):  # another size into the same folder
         main(["--out", str(out), "--steps", "6", "--base-dim", "16", "--threads", "1"])
 
