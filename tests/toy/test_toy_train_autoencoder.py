@@ -57,10 +57,13 @@ def test_a_run_continued_from_its_checkpoint_equals_one_run(trained, tmp_path):
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    with pytest.raises(SystemExit, match="--z-dim must be a multiple of 4"):
-        main(["--out", str(tmp_path), "--z-dim", "6"])
     with pytest.raises(SystemExit, match="--steps must be >= 1"):
         main(["--out", str(tmp_path), "--steps", "0"])
+    # a VAE whose latent is not the toy DiT's 64 channels is refused when a base is built on it
+    narrow = main(["--out", str(tmp_path / "z8"), "--steps", "1", "--z-dim", "8", *TINY])
+    cfg = compose_config("train", ["experiment=toy_pretrain", f"backbone.vae.path={narrow}"])
+    with pytest.raises(InstantiationException, match="8 latent channels but the toy DiT predicts 64"):
+        instantiate(cfg.backbone)
 
 
 def test_toy_backbone_builds_and_loads_with_the_trained_vae(trained, tmp_path):
