@@ -17,14 +17,10 @@ import argparse
 import time
 
 import torch
-from diffusers import AutoencoderKLWan
 
 from svi.toy.autoencoder import PatchAutoencoder
 from svi.toy.clips import TEST, ToyClips, toy_videos
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(4 / (a.clamp(-1, 1) - b).pow(2).mean()))
+from svi.toy.train_autoencoder import build_vae, psnr
 
 
 def _seconds(fn, reps: int = 5) -> float:
@@ -59,8 +55,7 @@ def main() -> None:
     print(f"the toy bases' autoencoder (PCA, 4x4 per frame -> 16 x 4 frames = 64, 3x compression): "
           f"{psnr(rec, test):.2f} dB, fitted in {t_toy:.2f} s")
 
-    vae = AutoencoderKLWan(base_dim=args.base_dim, z_dim=args.z_dim, dim_mult=[1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[True, True])
+    vae = build_vae(args.base_dim, args.z_dim)
     n_params = sum(p.numel() for p in vae.parameters())
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr)
     data = ToyClips(num_frames=9, seed=3)
